@@ -1,0 +1,139 @@
+"""HieraQuery checkpoints: one folder, safetensors only, written atomically.
+
+Layout (section 4.2's parts, each where its library expects it)::
+
+    config.json                 HieraQueryConfig: scales, sizes, backbone kinds and paths
+    hieraquery.safetensors      the multi-scale queries (Eq. 1-3), the connector (Eq. 4-5) and the
+                                alignment projector (section 3.2)
+    transformer/                the DiT, diffusers ``save_pretrained`` (safetensors)
+    mllm/                       the frozen MLLM + its processor, transformers ``save_pretrained``
+    vae/                        the VAE, when the model paints latents
+
+The frozen MLLM and VAE may instead stay in their own folders, recorded as absolute paths
+(``embed_backbones=False``: no copy of a multi-GB model per checkpoint). Loading never touches a hub
+(``local_files_only``) and never unpickles (``use_safetensors``). A save writes into a temporary
+sibling folder and renames it into place, so an interrupted save leaves the old checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .backbones import PICKLE_SUFFIXES
+from .config import HieraQueryConfig
+from .errors import HieraQueryError, require
+from .model import HieraQuery
+
+WEIGHTS_NAME = "hieraquery.safetensors"
+CONFIG_NAME = "config.json"
+OWN_PREFIXES = ("queries.", "connector.", "aligner.")
+
+
+def own_state_dict(model: HieraQuery) -> dict[str, torch.Tensor]:
+    """The parameters that live in hieraquery.safetensors (everything but the backbones' folders)."""
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k.startswith(OWN_PREFIXES)}
+
+
+def replace_directory(tmp: Path, target: Path) -> None:
+    """Move a fully written ``tmp`` folder to ``target``, replacing an older one only after it is complete."""
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def save_checkpoint(model: HieraQuery, directory: str | Path, embed_backbones: bool = True) -> Path:
+    """Write ``model`` as a checkpoint folder (atomically). Returns the folder."""
+    target = Path(directory).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        config = copy.deepcopy(model.config)
+        source_dir = getattr(model, "source_dir", None)
+        if embed_backbones or not config.mllm.path:
+            model.mllm.model.save_pretrained(tmp / "mllm", safe_serialization=True)
+            model.mllm.processor.save_pretrained(tmp / "mllm")
+            config.mllm.path, config.mllm.config = "mllm", None
+        else:
+            config.mllm.path = str((Path(source_dir or ".") / config.mllm.path).absolute())
+        model.dit.transformer.save_pretrained(tmp / "transformer", safe_serialization=True)
+        config.dit.path, config.dit.config = "transformer", None
+        if model.codec.vae is not None:
+            if embed_backbones or not config.codec.path:
+                model.codec.vae.save_pretrained(tmp / "vae", safe_serialization=True)
+                config.codec.path, config.codec.config = "vae", None
+            else:
+                config.codec.path = str((Path(source_dir or ".") / config.codec.path).absolute())
+        config.connector.path = None
+        save_file(own_state_dict(model), tmp / WEIGHTS_NAME, metadata={"format": "pt", "scales": ",".join(s.name for s in config.scales)})
+        config.save(tmp / CONFIG_NAME)
+        replace_directory(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def check_checkpoint_folder(directory: str | Path) -> Path:
+    """One clear error for every way a path can fail to be a HieraQuery checkpoint folder."""
+    path = Path(directory)
+    if path.is_file():
+        if path.suffix in PICKLE_SUFFIXES:
+            raise HieraQueryError(f"{path.name} is a pickle file; HieraQuery loads safetensors checkpoints only (a folder with config.json and {WEIGHTS_NAME})")
+        if path.name in (CONFIG_NAME, WEIGHTS_NAME):
+            path = path.parent
+        else:
+            raise HieraQueryError(f"{path} is a file; a HieraQuery checkpoint is a folder holding {CONFIG_NAME} and {WEIGHTS_NAME}")
+    require(path.is_dir(), f"checkpoint folder {path} does not exist; check the path (or put the checkpoint under models/hieraquery/)")
+    require((path / CONFIG_NAME).is_file(), f"{path} has no {CONFIG_NAME}; it is not a HieraQuery checkpoint (was it saved by hieraquery_core.save_checkpoint?)")
+    if not (path / WEIGHTS_NAME).is_file():
+        pickled = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        hint = f" (found pickle files {pickled}, which are never loaded)" if pickled else ""
+        raise HieraQueryError(f"{path} has no {WEIGHTS_NAME}{hint}; the checkpoint is incomplete, copy it again")
+    return path
+
+
+def load_own_weights(model: HieraQuery, weights: Path) -> None:
+    """Load hieraquery.safetensors into the model, naming any key or shape that does not fit the config."""
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise HieraQueryError(f"{weights} is not a readable safetensors file ({exc}); the file is damaged, copy it again") from exc
+    expected = own_state_dict(model)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    scale_text = ", ".join(f"{s.name} ({s.num_queries} queries)" for s in model.config.scales)
+    for key in sorted(set(expected) & set(state)):
+        if state[key].shape != expected[key].shape:
+            raise HieraQueryError(
+                f"{weights.name}: {key} has shape {list(state[key].shape)} but config.json (scales {scale_text}) needs "
+                f"{list(expected[key].shape)}; the config does not match these weights, restore the checkpoint's own config.json"
+            )
+    if missing or unexpected:
+        raise HieraQueryError(
+            f"{weights.name} does not match config.json (scales {scale_text}): missing {missing[:5]}, unexpected {unexpected[:5]}; "
+            "restore the checkpoint's own config.json"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> HieraQuery:
+    """Load a checkpoint folder saved by :func:`save_checkpoint` (no network, no pickle)."""
+    path = check_checkpoint_folder(directory)
+    config = HieraQueryConfig.load(path / CONFIG_NAME)
+    model = HieraQuery.from_config(config, base_dir=path)
+    load_own_weights(model, path / WEIGHTS_NAME)
+    model.source_dir = path
+    model.eval()
+    return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)

@@ -1,0 +1,159 @@
+"""The whole HieraQuery model (sections 3.1-3.2) and its training objective.
+
+    Z_input = queries()                                   Eq. 1-3   (queries.py)
+    H       = f_theta(prompt, images, Z_input)            Eq. 4     (mllm.py, frozen)
+    c_k     = g_theta(H_{s_k})                            Eq. 4-5   (connector.py)
+    X_{s_k} = DiT(c_k) at scale k's resolution            Eq. 5     (dit.py, one set of weights)
+
+Training (section 4.2) sums a rectified-flow loss over the scales, each scale's target being the image
+at that scale's resolution, plus the weighted multi-scale representation alignment loss (section 3.2).
+Conditions are dropped for classifier-free guidance as MetaQuery does: the prompt becomes empty with
+probability ``prompt_dropout`` and, where there are input images (editing, reconstruction), they become
+black with probability ``image_dropout``.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+
+from .alignment import RepresentationAlignment
+from .backbones import build_codec, build_connector, build_dit, build_mllm
+from .config import HieraQueryConfig
+from .connector import Connector, ScaleCondition
+from .dit import DiffusionTransformer
+from .errors import require
+from .flow_matching import flow_matching_loss, noisy_latents, sample_sigmas
+from .images import resize, to_signed
+from .latent_codec import LatentCodec
+from .mllm import FrozenMLLM, ImageList
+from .queries import MultiScaleQueries
+
+
+@dataclass
+class TrainingBatch:
+    """Prompts (or instructions), target images [B, 3, H, W] in [0, 1], optional input images per sample."""
+
+    prompts: list[str]
+    targets: torch.Tensor
+    images: ImageList | None = None
+
+
+@dataclass
+class LossOutput:
+    total: torch.Tensor
+    flow: list[torch.Tensor]
+    alignment: list[torch.Tensor]
+
+
+class HieraQuery(nn.Module):
+    """Multi-scale queries + frozen MLLM + connector + shared DiT (+ latent codec, + alignment projector)."""
+
+    def __init__(self, config: HieraQueryConfig, mllm: FrozenMLLM, connector: Connector, dit: DiffusionTransformer, codec: LatentCodec) -> None:
+        super().__init__()
+        self.config = config
+        self.mllm = mllm
+        self.queries = MultiScaleQueries(config.scales, mllm.hidden_size)
+        self.connector = connector
+        self.dit = dit
+        self.codec = codec
+        require(dit.in_channels == codec.channels, f"the DiT takes {dit.in_channels} input channels but the {codec.kind} codec gives {codec.channels}; make dit.config.in_channels match")
+        self.aligner = None
+        if config.alignment.weight > 0:
+            require(mllm.supports_images, "representation alignment needs the MLLM's vision encoder; set alignment.weight to 0 for a text-only MLLM")
+            feature_dim = mllm.model.config.vision_config.out_hidden_size
+            self.aligner = RepresentationAlignment(dit.inner_dim, feature_dim, config.alignment.projector_dim)
+            dit.resolve_block(config.alignment.block)
+
+    @classmethod
+    def from_config(cls, config: HieraQueryConfig, base_dir: Path | None = None) -> "HieraQuery":
+        """Build every part from the config (backbones from local folders or random init)."""
+        mllm = build_mllm(config.mllm, base_dir)
+        dit = build_dit(config.dit, base_dir)
+        connector = build_connector(config.connector, mllm.hidden_size, dit, base_dir)
+        return cls(config, mllm, connector, dit, build_codec(config.codec, base_dir))
+
+    @property
+    def device(self) -> torch.device:
+        return self.queries.start.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.queries.start.dtype
+
+    def size_multiple(self) -> int:
+        """Every scale's pixel size must be a multiple of this (VAE downsampling x DiT patch size)."""
+        return self.codec.downsample * self.dit.patch_size
+
+    def scale_sizes(self, height: int | None = None, width: int | None = None) -> list[tuple[int, int]]:
+        """The pixel size (h, w) each scale paints at for a target of height x width (default: image_size)."""
+        height = height or self.config.image_size
+        width = width or self.config.image_size
+        multiple = self.size_multiple()
+        sizes = []
+        for scale in self.config.scales:
+            h, w = round(height * scale.resolution), round(width * scale.resolution)
+            require(
+                h % multiple == 0 and w % multiple == 0 and h > 0 and w > 0,
+                f"a {height}x{width} target gives scale {scale.name} a {h}x{w} image, which is not a multiple of {multiple} "
+                f"(VAE factor {self.codec.downsample} x DiT patch {self.dit.patch_size}); choose height and width that are multiples of "
+                f"{int(multiple / min(s.resolution for s in self.config.scales))}",
+            )
+            limit = self.dit.max_latent_size()
+            if limit is not None:
+                require(max(h, w) // self.codec.downsample <= limit, f"{h}x{w} is larger than this DiT's positional table allows ({limit * self.codec.downsample} px); choose a smaller size")
+            sizes.append((h, w))
+        return sizes
+
+    def encode(self, prompts: list[str], images: ImageList | None = None) -> list[torch.Tensor]:
+        """Eq. 3-4: the MLLM's hidden states at each scale's query positions, [B, N_k, d] per scale."""
+        require(len(prompts) > 0, "no prompt was given")
+        hidden = self.mllm(self.queries(), prompts, images)
+        return self.queries.split(hidden)
+
+    def condition(self, states: list[torch.Tensor]) -> list[ScaleCondition]:
+        """Eq. 5's g_theta(H): per-scale DiT conditions."""
+        return self.connector(states)
+
+    def drop_conditions(self, batch: TrainingBatch, generator: torch.Generator | None) -> tuple[list[str], ImageList | None]:
+        """Classifier-free-guidance dropout: empty prompts and black input images (MetaQuery's recipe)."""
+        n = len(batch.prompts)
+        drop_prompt = torch.rand(n, generator=generator) < self.config.prompt_dropout
+        drop_image = torch.rand(n, generator=generator) < self.config.image_dropout
+        prompts = ["" if d else p for p, d in zip(batch.prompts, drop_prompt.tolist())]
+        if batch.images is None:
+            return prompts, None
+        images = [[torch.zeros_like(img) for img in imgs] if d else list(imgs) for imgs, d in zip(batch.images, drop_image.tolist())]
+        return prompts, images
+
+    def training_loss(self, batch: TrainingBatch, generator: torch.Generator | None = None) -> LossOutput:
+        """Sum over scales of the flow-matching loss, plus alignment.weight x the alignment losses."""
+        targets = batch.targets.to(self.device)
+        prompts, images = self.drop_conditions(batch, generator)
+        conditions = self.condition(self.encode(prompts, images))
+        features = self.mllm.vision_features(targets) if self.aligner is not None else None
+        flow, align = [], []
+        for condition, size in zip(conditions, self.scale_sizes(*targets.shape[-2:])):
+            x0 = self.codec.encode(to_signed(resize(targets, size))).to(self.dtype)
+            noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            sigma = sample_sigmas(x0.shape[0], self.config.timestep_sampling, x0.device, generator)
+            capture = self.dit.capture_block(self.config.alignment.block) if self.aligner is not None else nullcontext([])
+            with capture as captured:
+                velocity = self.dit(noisy_latents(x0, noise, sigma), sigma, condition)
+            flow.append(flow_matching_loss(velocity, x0, noise))
+            if self.aligner is not None:
+                grid = (x0.shape[-2] // self.dit.patch_size, x0.shape[-1] // self.dit.patch_size)
+                align.append(self.aligner(captured[0], grid, features))
+        total = torch.stack(flow).sum()
+        if align:
+            total = total + self.config.alignment.weight * torch.stack(align).sum()
+        return LossOutput(total, flow, align)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Everything but the frozen MLLM and VAE (section 4.2)."""
+        return [p for p in self.parameters() if p.requires_grad]
