@@ -4,7 +4,8 @@ As in REPA (Yu et al., 2024a), the hidden states of an intermediate DiT block ar
 MLP and pulled towards semantic features of the target image by a negative cosine similarity. The
 targets are the MLLM's own vision-encoder features; because the encoder's token grid and the DiT's
 token grid differ (and differ per scale), the features are interpolated at the feature level
-(bilinearly) to each scale's DiT token grid before the loss, exactly as section 3.2 describes.
+to each scale's DiT token grid before the loss, exactly as section 3.2 describes: bilinearly where the
+DiT grid is finer, by area averaging where it is coarser (so no feature is skipped).
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ class RepresentationAlignment(nn.Module):
 
     @staticmethod
     def interpolate_features(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Vision features [B, h, w, D] resampled to a DiT token grid: [B, grid_h * grid_w, D]."""
+        """Vision features [B, h, w, D] resampled (area when shrinking, bilinear when growing) to a DiT token grid: [B, grid_h * grid_w, D]."""
         maps = rearrange(features.float(), "b h w d -> b d h w")
-        maps = F.interpolate(maps, size=grid, mode="bilinear", align_corners=False, antialias=maps.shape[-1] > grid[1])
+        if grid[0] <= maps.shape[-2] and grid[1] <= maps.shape[-1]:
+            maps = F.interpolate(maps, size=grid, mode="area")
+        else:
+            maps = F.interpolate(maps, size=grid, mode="bilinear", align_corners=False)
         return rearrange(maps, "b d h w -> b (h w) d")
 
     def forward(self, dit_tokens: torch.Tensor, grid: tuple[int, int], features: torch.Tensor) -> torch.Tensor:

@@ -137,3 +137,12 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", d
     model.source_dir = path
     model.eval()
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+
+
+BUNDLED_DEMO = Path(__file__).parent / "assets" / "shapesworld-demo"
+"""The ShapesWorld demo checkpoint shipped with the package (trained by ``make demo-checkpoint``)."""
+
+
+def bundled_demo() -> Path | None:
+    """The bundled demo checkpoint folder, or None while it has not been trained yet."""
+    return BUNDLED_DEMO if (BUNDLED_DEMO / WEIGHTS_NAME).is_file() else None

@@ -1,0 +1,151 @@
+"""Command line: ``python -m hieraquery_core {generate,edit,describe,demo} ...``.
+
+Every scale's image is written as a PNG (``<name>_s<k>_<h>x<w>_<i>.png``) with a progress bar over all
+denoising steps. Without ``--checkpoint`` the bundled ShapesWorld demo is used; if it has not been
+trained yet, a tiny randomly initialised model is used instead, and the output says so plainly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .checkpoint import bundled_demo, load_checkpoint
+from .errors import HieraQueryError, require
+from .images import as_pixels, to_pil
+from .model import HieraQuery
+from .pipeline import HieraQueryPipeline, PipelineOutput, SamplingOptions
+from .tiny import tiny_config
+
+
+def load_model(checkpoint: str | None, device: str) -> tuple[HieraQuery, str]:
+    """The model to run and a one-line description of where it came from."""
+    if checkpoint:
+        return load_checkpoint(checkpoint, device=device), f"checkpoint {checkpoint}"
+    demo = bundled_demo()
+    if demo is not None:
+        return load_checkpoint(demo, device=device), f"bundled ShapesWorld demo checkpoint ({demo})"
+    torch.manual_seed(0)
+    model = HieraQuery.from_config(tiny_config()).eval().to(device)
+    return model, "a TINY RANDOMLY INITIALISED model (no trained checkpoint is bundled yet): the images are noise, not a result"
+
+
+def read_image(path: str) -> torch.Tensor:
+    require(Path(path).is_file(), f"image {path} does not exist")
+    try:
+        with Image.open(path) as img:
+            return as_pixels(img.convert("RGB"))
+    except OSError as exc:
+        raise HieraQueryError(f"{path} is not a readable image ({exc})") from exc
+
+
+def write_scales(output: PipelineOutput, out_dir: Path, name: str) -> list[Path]:
+    """Write every scale's images; returns the paths, coarse to fine."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, images in enumerate(output.images):
+        for i, img in enumerate(to_pil(images)):
+            path = out_dir / f"{name}_s{k}_{img.height}x{img.width}_{i}.png"
+            img.save(path)
+            paths.append(path)
+    return paths
+
+
+def sampling_options(args: argparse.Namespace) -> SamplingOptions:
+    steps = [int(s) for s in args.steps.split(",")] if "," in args.steps else int(args.steps)
+    return SamplingOptions(
+        steps=steps, guidance=args.guidance, image_guidance=args.image_guidance, refine_strength=args.refine_strength,
+        mode=args.mode, height=args.height, width=args.width, images_per_prompt=args.batch,
+    )
+
+
+def progress(pipeline: HieraQueryPipeline, options: SamplingOptions, desc: str):
+    """A tqdm bar over every denoising step of every scale, and the step callback that feeds it."""
+    scales = len(pipeline.model.config.scales)
+    total = sum(options.steps_for(k, scales) for k in range(scales))
+    bar = tqdm(total=total, desc=desc, unit="step")
+
+    def callback(k: int, step: int, steps: int, _latents: torch.Tensor) -> None:
+        bar.set_postfix(scale=k)
+        bar.update(1)
+
+    return bar, callback
+
+
+def run_generate(pipeline: HieraQueryPipeline, args: argparse.Namespace, name: str = "generate") -> PipelineOutput:
+    options = sampling_options(args)
+    bar, callback = progress(pipeline, options, "text-to-image")
+    with bar:
+        output = pipeline.generate(args.prompt, seed=args.seed, options=options, callback=callback)
+    for path in write_scales(output, Path(args.out), name):
+        print(path)
+    return output
+
+
+def run_edit(pipeline: HieraQueryPipeline, args: argparse.Namespace, image: torch.Tensor, name: str = "edit") -> PipelineOutput:
+    options = sampling_options(args)
+    bar, callback = progress(pipeline, options, "edit")
+    with bar:
+        output = pipeline.edit(image, args.instruction, seed=args.seed, options=options, callback=callback)
+    for path in write_scales(output, Path(args.out), name):
+        print(path)
+    return output
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m hieraquery_core", description="HieraQuery: coarse-to-fine text-to-image, editing and understanding.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--checkpoint", help="checkpoint folder (default: the bundled ShapesWorld demo)")
+    common.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    common.add_argument("--out", default="outputs", help="folder for the PNGs of every scale")
+    sampling = argparse.ArgumentParser(add_help=False)
+    sampling.add_argument("--seed", type=int, default=0)
+    sampling.add_argument("--steps", default="20", help="steps per scale: one number, or one per scale like 10,10,20")
+    sampling.add_argument("--guidance", type=float, default=4.0)
+    sampling.add_argument("--image-guidance", type=float, default=1.5)
+    sampling.add_argument("--refine-strength", type=float, default=1.0, help="<1 starts each scale from the previous one re-noised")
+    sampling.add_argument("--mode", choices=["cascade", "ming"], default="cascade")
+    sampling.add_argument("--height", type=int)
+    sampling.add_argument("--width", type=int)
+    sampling.add_argument("--batch", type=int, default=1, help="images per prompt")
+    gen = sub.add_parser("generate", parents=[common, sampling], help="text to image, every scale saved")
+    gen.add_argument("--prompt", required=True)
+    edit = sub.add_parser("edit", parents=[common, sampling], help="edit an image by an instruction")
+    edit.add_argument("--image", required=True)
+    edit.add_argument("--instruction", required=True)
+    desc = sub.add_parser("describe", parents=[common], help="ask the MLLM about an image")
+    desc.add_argument("--image", required=True)
+    desc.add_argument("--question", default="describe the image")
+    demo = sub.add_parser("demo", parents=[common, sampling], help="generate, edit the result, describe it")
+    demo.add_argument("--prompt", default="a red circle to the left of a blue square")
+    demo.add_argument("--instruction", default="make the red circle green")
+    demo.add_argument("--question", default="describe the image")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        model, origin = load_model(args.checkpoint, args.device)
+        print(f"model: {origin}")
+        pipeline = HieraQueryPipeline(model)
+        if args.command == "generate":
+            run_generate(pipeline, args)
+        elif args.command == "edit":
+            run_edit(pipeline, args, read_image(args.image))
+        elif args.command == "describe":
+            print(pipeline.describe(read_image(args.image), args.question)[0])
+        else:
+            generated = run_generate(pipeline, args, "demo_generate")
+            edited = run_edit(pipeline, args, generated.final[:1], "demo_edit")
+            print(f"description of the edited image: {pipeline.describe(edited.final[:1], args.question)[0]!r}")
+    except HieraQueryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

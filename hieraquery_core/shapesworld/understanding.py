@@ -1,0 +1,146 @@
+"""Understanding tasks: captions and the three question kinds with their answers.
+
+Spec section "Understanding": the caption is the canonical prompt listing the objects left to
+right; questions "how many {shape}s are there", "what color is the {shape}" (unique shape) and
+"is the {color} {shape} to the left of the {color} {shape}"; answers a number word, a colour,
+yes/no.
+
+Project decisions (``docs/shapesworld.md``): questions carry no question mark (like prompts, no
+trailing punctuation); count answers are "zero" .. "four" ("zero" included: the sampler asks
+about an absent shape about one time in five; "one", not "a"); the left-of question is only
+asked about two distinct objects each named uniquely by colour+shape, and the sampler only asks
+it when the centres differ by >= 12 px horizontally, so "no" means "to the right of".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from . import spec
+from .prompts import caption, is_held_out
+from .scene import Scene, random_scene, relation_holds
+
+__all__ = ["Question", "answer_question", "parse_question", "sample_question", "question_pairs",
+           "sample_caption", "caption"]
+
+
+@dataclass(frozen=True)
+class Question:
+    """A parsed question: ``kind`` in 'count', 'color', 'left_of' and the objects it names."""
+
+    kind: str
+    shape: str
+    color: str | None = None
+    shape2: str | None = None
+    color2: str | None = None
+
+    def text(self) -> str:
+        t = spec.QUESTION_TEMPLATES[self.kind]
+        return t.format(shape=self.shape, color=self.color, shape2=self.shape2, color2=self.color2)
+
+
+_C = "|".join(spec.COLORS)
+_S = "|".join(spec.SHAPES)
+_COUNT = re.compile(rf"^how many ({_S})s are there\??$")
+_COLOR = re.compile(rf"^what colou?r is the ({_S})\??$")
+_LEFT = re.compile(rf"^is the ({_C}) ({_S}) to the left of the ({_C}) ({_S})\??$")
+
+
+def parse_question(question: str) -> Question:
+    """Parse a question string; ``ValueError`` for text outside the grammar."""
+    q = question.strip()
+    m = _COUNT.match(q)
+    if m:
+        return Question("count", m.group(1))
+    m = _COLOR.match(q)
+    if m:
+        return Question("color", m.group(1))
+    m = _LEFT.match(q)
+    if m:
+        return Question("left_of", m.group(2), m.group(1), m.group(4), m.group(3))
+    raise ValueError(f"cannot parse question {question!r}")
+
+
+def answer_question(scene: Scene, question: str) -> str:
+    """The answer to a question about a scene.
+
+    Raises ``ValueError`` when the question has no answer: "what color is the {shape}" where
+    that shape is absent or not unique, a left-of question naming an absent or ambiguous object.
+    """
+    q = parse_question(question)
+    objs = scene.objects
+    if q.kind == "count":
+        return spec.ANSWER_NUMBER_WORDS[sum(o.shape == q.shape for o in objs)]
+    if q.kind == "color":
+        hits = [o for o in objs if o.shape == q.shape]
+        if len(hits) != 1:
+            raise ValueError(f"question {question!r} has no answer: the image holds {len(hits)} "
+                             f"{q.shape}s (it must hold exactly one)")
+        return hits[0].color
+    a = [o for o in objs if o.color == q.color and o.shape == q.shape]
+    b = [o for o in objs if o.color == q.color2 and o.shape == q.shape2]
+    if len(a) != 1 or len(b) != 1 or a[0] is b[0]:
+        raise ValueError(f"question {question!r} has no answer: it must name two different objects, "
+                         "each exactly once in the image")
+    return "yes" if relation_holds(a[0], b[0], "left") else "no"
+
+
+def _sample_one(scene: Scene, kind: str, rng: np.random.Generator) -> Question | None:
+    objs = scene.objects
+    if kind == "count":
+        present = sorted({o.shape for o in objs})
+        absent = [s for s in spec.SHAPES if s not in present]
+        if absent and rng.random() < 0.2:
+            return Question("count", absent[int(rng.integers(len(absent)))])
+        return Question("count", present[int(rng.integers(len(present)))])
+    if kind == "color":
+        unique = [s for s in spec.SHAPES if sum(o.shape == s for o in objs) == 1]
+        return Question("color", unique[int(rng.integers(len(unique)))]) if unique else None
+    names = [o.name for o in objs]
+    pairs = [(a, b) for a in objs for b in objs if a is not b
+             and names.count(a.name) == 1 and names.count(b.name) == 1
+             and abs(a.cx - b.cx) >= spec.RELATION_THRESHOLD]
+    if not pairs:
+        return None
+    a, b = pairs[int(rng.integers(len(pairs)))]
+    return Question("left_of", a.shape, a.color, b.shape, b.color)
+
+
+def sample_question(rng: np.random.Generator, scene: Scene | None = None,
+                    kind: str | None = None) -> tuple[Scene, str, str]:
+    """A (scene, question, answer) triple; a random scene unless given, a random kind unless given.
+
+    When the given scene admits no question of the given kind, a new random scene is drawn.
+    """
+    for _ in range(1000):
+        k = kind if kind is not None else spec.QUESTION_KINDS[int(rng.integers(len(spec.QUESTION_KINDS)))]
+        sc = scene if scene is not None else random_scene(rng, outline_prob=0.5)
+        q = _sample_one(sc, k, rng)
+        if q is None:
+            scene = None
+            continue
+        return sc, q.text(), answer_question(sc, q.text())
+    raise RuntimeError("could not sample a question")  # pragma: no cover
+
+
+def question_pairs(rng: np.random.Generator) -> Iterator[tuple[Scene, str, str]]:
+    """Endless (scene, question, answer) samples, question kinds uniformly at random."""
+    while True:
+        yield sample_question(rng)
+
+
+def sample_caption(rng: np.random.Generator, exclude_held_out: bool = True) -> tuple[Scene, str]:
+    """A random (scene, caption) pair for captioning.
+
+    With ``exclude_held_out`` (the default, for training) scenes whose caption is a held-out
+    prompt string are skipped, so caption training never shows a held-out prompt.
+    """
+    while True:
+        scene = random_scene(rng, outline_prob=0.5)
+        text = caption(scene)
+        if not (exclude_held_out and is_held_out(text)):
+            return scene, text

@@ -1,0 +1,431 @@
+"""Tests of ShapesWorld v1 (spec: /work/shared/notes/shapesworld-v1.md; decisions: docs/shapesworld.md)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter, deque
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+try:
+    import hieraquery_core.shapesworld as sw
+except ImportError:  # pragma: no cover - running without the package on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import hieraquery_core.shapesworld as sw
+
+from hieraquery_core.shapesworld import spec
+from hieraquery_core.shapesworld.prompts import PROMPT_SPLIT_CATEGORIES, SCENE_SPLIT_CATEGORIES
+
+SPEC_PALETTE = {
+    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
+    "yellow": (240, 200, 30), "purple": (150, 60, 190), "orange": (245, 130, 30),
+}
+
+
+def obj(color: str, shape: str, x0: int, y0: int, side: int = 16) -> sw.SceneObject:
+    return sw.SceneObject(color, shape, (x0, y0, x0 + side, y0 + side))
+
+
+# --- spec, rendering --------------------------------------------------------------------------
+
+def test_spec_constants():
+    assert spec.PALETTE == SPEC_PALETTE
+    assert spec.CANVAS == 64 and spec.BACKGROUND == (255, 255, 255)
+    assert (spec.MIN_SIDE, spec.MAX_SIDE, spec.MIN_GAP, spec.MIN_MARGIN) == (14, 22, 2, 1)
+    assert spec.RELATION_THRESHOLD == 12 and spec.OUTLINE_STROKE == 3
+    assert spec.COUNT_WORDS == {1: "a", 2: "two", 3: "three", 4: "four"}
+
+
+@pytest.mark.parametrize("style", ["filled", "outline"])
+def test_palette_exact_and_boxes(style):
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        scene = sw.random_scene(rng, style=style)
+        img = sw.render(scene)
+        assert img.shape == (64, 64, 3) and img.dtype == np.uint8
+        colours = {tuple(int(v) for v in p) for p in img.reshape(-1, 3)}
+        # no anti-aliasing: only white and the exact palette colours of the scene's objects
+        assert colours == {(255, 255, 255)} | {SPEC_PALETTE[o.color] for o in scene.objects}
+        inside = np.zeros((64, 64), bool)
+        for o in scene.objects:
+            x0, y0, x1, y1 = o.box
+            inside[y0:y1, x0:x1] = True
+            patch = img[y0:y1, x0:x1]
+            ink = np.any(patch != 255, axis=-1)
+            # the painted pixels span the whole box (first/last rows and columns all touched)
+            assert ink[0].any() and ink[-1].any() and ink[:, 0].any() and ink[:, -1].any()
+            assert np.all(patch[ink] == SPEC_PALETTE[o.color])
+        assert np.all(img[~inside] == 255)
+
+
+def test_outline_is_hollow_with_3px_stroke():
+    scene = sw.Scene([obj("blue", "square", 10, 10, 20)], "outline")
+    img = sw.render(scene)
+    ink = np.any(img != 255, axis=-1)
+    assert ink[10:30, 10:13].all() and ink[10:13, 10:30].all() and ink[27:30, 10:30].all()
+    assert not ink[13:27, 13:27].any()  # white inside the 3 px stroke
+    filled = np.any(sw.render(scene.with_style("filled")) != 255, axis=-1)
+    assert filled[10:30, 10:30].all()
+
+
+def test_downscale_equals_area_mean():
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    for size in (32, 16, 8):
+        k = 64 // size
+        out = sw.downscale(img, size)
+        assert out.shape == (size, size, 3) and out.dtype == np.uint8
+        for y in range(size):
+            for x in range(size):
+                mean = img[y * k:(y + 1) * k, x * k:(x + 1) * k].reshape(-1, 3).astype(float).mean(0)
+                assert np.all(np.abs(out[y, x] - mean) <= 0.5)
+                assert np.array_equal(out[y, x], np.floor(mean + 0.5).astype(np.uint8))
+    with pytest.raises(ValueError):
+        sw.downscale(img, 24)
+    scales = sw.render_scales(sw.random_scene(rng))
+    assert sorted(scales) == [16, 32, 64]
+    assert np.array_equal(scales[16], sw.downscale(scales[64], 16))
+
+
+# --- placement ------------------------------------------------------------------------------
+
+def test_random_scenes_follow_placement_rules():
+    rng = np.random.default_rng(2)
+    counts = Counter()
+    for _ in range(200):
+        scene = sw.random_scene(rng)
+        assert scene.is_valid(), scene.problems()
+        counts[len(scene)] += 1
+        for o in scene.objects:
+            x0, y0, x1, y1 = o.box
+            assert 14 <= x1 - x0 <= 22 and 14 <= y1 - y0 <= 22
+            assert x0 >= 1 and y0 >= 1 and x1 <= 63 and y1 <= 63
+        for a in scene.objects:
+            for b in scene.objects:
+                if a is b:
+                    continue
+                # >= 2 background columns or rows between the two boxes
+                gap_x = max(b.box[0] - a.box[2], a.box[0] - b.box[2])
+                gap_y = max(b.box[1] - a.box[3], a.box[1] - b.box[3])
+                assert max(gap_x, gap_y) >= 2
+    assert set(counts) == {1, 2, 3, 4}
+
+
+def test_invalid_scenes_and_impossible_placement():
+    assert not sw.Scene([obj("red", "circle", 10, 10), obj("red", "square", 27, 10)]).is_valid()  # 1 px gap
+    assert sw.Scene([obj("red", "circle", 10, 10), obj("red", "square", 28, 10)]).is_valid()
+    assert not sw.Scene([obj("red", "circle", 0, 10)]).is_valid()  # no margin
+    assert not sw.Scene([obj("red", "circle", 10, 10, 23)]).is_valid()  # too big
+    assert not sw.Scene([]).is_valid()
+    rng = np.random.default_rng(3)
+    with pytest.raises(sw.PlacementError, match="1-4 objects"):
+        sw.place_objects(rng, [("red", "circle")] * 5)
+    with pytest.raises(sw.PlacementError, match="relation"):
+        sw.place_objects(rng, [("red", "circle"), ("blue", "square")], relation=(0, "left", 0), restarts=5)
+    full = sw.Scene([obj("red", "square", 1, 1, 22), obj("red", "square", 40, 1, 22),
+                     obj("red", "square", 1, 40, 22), obj("red", "square", 40, 40, 22)])
+    assert full.is_valid()
+    with pytest.raises(sw.PlacementError, match="no room"):
+        sw.place_object(rng, "blue", "circle", full.objects, tries=50)
+
+
+# --- prompts and scoring ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("category", spec.CATEGORIES)
+def test_sampled_scenes_satisfy_their_prompt(category):
+    rng = np.random.default_rng(4)
+    for _ in range(25):
+        prompt, scene = sw.sample_pair(category, rng)
+        assert prompt in sw.ALL_PROMPTS[category]
+        assert scene.is_valid() and sw.scene_satisfies(scene, prompt)
+        assert sw.score_prompt(prompt, sw.render(scene)), (prompt, scene)
+
+
+def test_parse_prompt_grammar():
+    r = sw.parse_prompt("three triangles, outline style")
+    assert r.style == "outline" and len(r.objects) == 3 and {o.shape for o in r.objects} == {"triangle"}
+    r = sw.parse_prompt("a circle to the right of a square")
+    assert r.relation == "right" and [o.shape for o in r.objects] == ["circle", "square"]
+    r = sw.parse_prompt("a red circle and a blue square")
+    assert r.style == "filled" and [(o.color, o.shape) for o in r.objects] == [("red", "circle"), ("blue", "square")]
+    for bad in ("a pink circle", "five squares", "a circle near a square", "a red circle."):
+        with pytest.raises(ValueError):
+            sw.parse_prompt(bad)
+
+
+def test_geneval_ground_truth_heldout():
+    pairs = sw.heldout_pairs(300, seed=0)
+    scores = sw.geneval([(c, p, sw.render(s)) for c, p, s in pairs])
+    print(f"\nShapesWorld GenEval on ground-truth renders of {len(pairs)} held-out prompts: {scores}")
+    assert set(scores) == set(spec.CATEGORIES) | {"overall"}
+    assert scores["overall"] >= 0.98
+    # a model output at the 32x32 scale is parsed too (upsampled)
+    sub = pairs[::5]
+    scores32 = sw.geneval([(c, p, sw.downscale(sw.render(s), 32)) for c, p, s in sub])
+    print(f"same, 32x32 renders ({len(sub)} prompts): overall {scores32['overall']:.3f}")
+    assert scores32["overall"] >= 0.9
+
+
+def _mirror(scene: sw.Scene) -> sw.Scene:
+    return sw.Scene([sw.SceneObject(o.color, o.shape, (64 - o.box[2], o.box[1], 64 - o.box[0], o.box[3]))
+                     for o in scene.objects], scene.style)
+
+
+def _flip(scene: sw.Scene) -> sw.Scene:
+    return sw.Scene([sw.SceneObject(o.color, o.shape, (o.box[0], 64 - o.box[3], o.box[2], 64 - o.box[1]))
+                     for o in scene.objects], scene.style)
+
+
+def test_wrong_images_fail_their_prompt():
+    rng = np.random.default_rng(5)
+    wrong = []
+    for category in spec.CATEGORIES:
+        for _ in range(10):
+            prompt, scene = sw.sample_pair(category, rng)
+            req = sw.parse_prompt(prompt)
+            other_style = scene.with_style("filled" if scene.style == "outline" else "outline")
+            wrong.append((category, prompt, sw.render(other_style)))
+            o0 = scene.objects[0]
+            if len(scene) > 1:  # a missing object
+                wrong.append((category, prompt, sw.render(sw.Scene(scene.objects[1:], scene.style))))
+            if len(scene) < 4:  # an extra object
+                try:
+                    extra = sw.place_object(rng, "red", "square", scene.objects)
+                    wrong.append((category, prompt, sw.render(sw.Scene(scene.objects + (extra,), scene.style))))
+                except sw.PlacementError:
+                    pass
+            if req.objects[0].color is not None:  # a changed colour
+                new = "green" if o0.color != "green" else "blue"
+                changed = sw.Scene((o0.with_color(new),) + scene.objects[1:], scene.style)
+                wrong.append((category, prompt, sw.render(changed)))
+            if category == "counting" or (req.form == "list" and len(req.objects) == 1):  # a changed shape
+                shape = "circle" if o0.shape != "circle" else "square"
+                changed = sw.Scene((sw.SceneObject(o0.color, shape, o0.box),) + scene.objects[1:], scene.style)
+                wrong.append((category, prompt, sw.render(changed)))
+            if req.relation:  # swapped relation
+                swapped = _mirror(scene) if req.relation in ("left", "right") else _flip(scene)
+                wrong.append((category, prompt, sw.render(swapped)))
+    assert len(wrong) >= 120
+    assert not any(sw.score_prompt(p, img) for _, p, img in wrong)
+    scores = sw.geneval(wrong)
+    assert scores["overall"] == 0.0
+    # colour/shape binding: a red circle and a blue square is not a blue circle and a red square
+    s = sw.Scene([obj("blue", "circle", 5, 5), obj("red", "square", 40, 40)])
+    assert not sw.score_prompt("a red circle and a blue square", sw.render(s))
+    assert sw.score_prompt("a blue circle and a red square", sw.render(s))
+    assert sw.score_prompt("a circle above a square", sw.render(s))
+    assert not sw.score_prompt("a circle below a square", sw.render(s))
+    # the 12 px threshold: centres 12 apart pass, 11 apart fail
+    near = sw.Scene([obj("red", "circle", 5, 5), obj("blue", "square", 5, 23)])  # centre dy = 18
+    assert sw.score_prompt("a circle above a square", sw.render(near))
+    assert not sw.score_prompt("a circle to the left of a square", sw.render(near))
+    s12 = sw.Scene([obj("red", "circle", 5, 5), obj("blue", "square", 17, 30)])  # dx = 12 exactly
+    s11 = sw.Scene([obj("red", "circle", 5, 5), obj("blue", "square", 16, 30)])
+    assert sw.score_prompt("a circle to the left of a square", sw.render(s12))
+    assert not sw.score_prompt("a circle to the left of a square", sw.render(s11))
+
+
+def test_parse_image_finds_objects_and_ignores_noise():
+    scene = sw.Scene([obj("red", "circle", 2, 2, 14), obj("yellow", "triangle", 30, 5, 22),
+                      obj("purple", "square", 5, 40, 15), obj("orange", "triangle", 40, 40, 14)], "outline")
+    img = sw.render(scene)
+    img[60:62, 30:32] = (0, 0, 0)  # a 4 px speck of noise
+    got = sorted((d.color, d.shape, d.style, d.box) for d in sw.parse_image(img))
+    assert got == sorted((o.color, o.shape, "outline", o.box) for o in scene.objects)
+    assert sw.parse_image(np.full((64, 64, 3), 255, np.uint8)) == []
+    with pytest.raises(ValueError):
+        sw.parse_image(np.zeros((64, 64), np.uint8))
+
+
+def test_parse_speed():
+    rng = np.random.default_rng(6)
+    imgs = [sw.render(sw.random_scene(rng, n_objects=4)) for _ in range(40)]
+    sw.parse_image(imgs[0])
+    t0 = time.perf_counter()
+    for im in imgs:
+        sw.parse_image(im)
+    per = (time.perf_counter() - t0) / len(imgs)
+    print(f"\nparse_image: {per * 1e3:.2f} ms per 4-object 64x64 image")
+    assert per < 0.005
+
+
+def test_label_components_matches_bfs():
+    rng = np.random.default_rng(7)
+
+    def bfs(mask, conn):
+        h, w = mask.shape
+        lab = np.zeros((h, w), int)
+        nbrs = [(-1, 0), (1, 0), (0, -1), (0, 1)] + ([(-1, -1), (-1, 1), (1, -1), (1, 1)] if conn == 8 else [])
+        n = 0
+        for y in range(h):
+            for x in range(w):
+                if mask[y, x] and not lab[y, x]:
+                    n += 1
+                    lab[y, x] = n
+                    q = deque([(y, x)])
+                    while q:
+                        cy, cx = q.popleft()
+                        for dy, dx in nbrs:
+                            ny, nx = cy + dy, cx + dx
+                            if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not lab[ny, nx]:
+                                lab[ny, nx] = n
+                                q.append((ny, nx))
+        return lab, n
+
+    for _ in range(10):
+        mask = rng.random((20, 23)) < 0.45
+        for conn in (4, 8):
+            got, n = sw.label_components(mask, conn)
+            ref, m = bfs(mask, conn)
+            assert n == m
+            # same partition: a one-to-one map between labels
+            pairs = set(zip(got[mask].tolist(), ref[mask].tolist()))
+            assert len(pairs) == n and np.array_equal(got == 0, ~mask)
+
+
+# --- held-out split -------------------------------------------------------------------------
+
+def test_heldout_split():
+    hp = sw.heldout_prompts(300, seed=0)
+    assert hp == sw.heldout_prompts(300, seed=0) and len(hp) == 300
+    assert Counter(c for c, _ in hp) == {c: 50 for c in spec.CATEGORIES}
+    for c, p in hp:
+        assert p in sw.ALL_PROMPTS[c]
+        assert sw.is_held_out(p) == (c in PROMPT_SPLIT_CATEGORIES)
+    for c in PROMPT_SPLIT_CATEGORIES:
+        assert 0 < len(sw.HELDOUT_PROMPTS[c]) < len(sw.ALL_PROMPTS[c])
+    held = {p for c, p in hp if c in PROMPT_SPLIT_CATEGORIES}
+    rng = np.random.default_rng(8)
+    gen = sw.train_pairs(rng)
+    seen = Counter()
+    for _ in range(3000):
+        c, p, scene = next(gen)
+        seen[c] += 1
+        assert not sw.is_held_out(p) and p not in held
+        assert sw.scene_satisfies(scene, p)
+        if c in SCENE_SPLIT_CATEGORIES:
+            assert not sw.is_held_out_scene(scene)
+    assert set(seen) == set(spec.CATEGORIES)
+    for c, p, scene in sw.heldout_pairs(120, seed=1):
+        assert sw.scene_satisfies(scene, p)
+        if c in SCENE_SPLIT_CATEGORIES:
+            assert sw.is_held_out_scene(scene)
+    # stable hash, not Python's randomised hash()
+    assert sw.is_held_out("a red circle and a blue square") == sw.is_held_out("a red circle and a blue square")
+    assert all(not sw.is_held_out(p) for p in sw.ALL_PROMPTS["counting"])
+
+
+# --- edits ----------------------------------------------------------------------------------
+
+def test_edit_triplets_scored():
+    rng = np.random.default_rng(9)
+    kinds = Counter()
+    for _ in range(60):
+        e = sw.sample_edit(rng)
+        kinds[e.kind] += 1
+        assert e.source.is_valid() and e.target.is_valid()
+        src, tgt = sw.render(e.source), sw.render(e.target)
+        assert sw.edit_correct(src, e.instruction, tgt), e
+        assert not sw.edit_correct(src, e.instruction, src), e  # nothing changed
+        ins = sw.parse_instruction(e.instruction)
+        if ins.kind == "recolor":
+            wrong = [c for c in spec.COLORS if c not in (ins.color, ins.new_color)][0]
+            bad = sw.apply_instruction(e.source, f"make the {ins.color} {ins.shape} {wrong}")
+            assert not sw.edit_correct(src, e.instruction, sw.render(bad))
+        if ins.kind in ("recolor", "remove") and len(e.target) > 1:  # another object moved
+            moved = list(e.target.objects)
+            for i, o in enumerate(moved):
+                if o.box[0] > 5:
+                    moved[i] = sw.SceneObject(o.color, o.shape, (o.box[0] - 5, o.box[1], o.box[2] - 5, o.box[3]))
+                    break
+            if sw.Scene(moved, e.target.style).is_valid() and moved != list(e.target.objects):
+                assert not sw.edit_correct(src, e.instruction, sw.render(sw.Scene(moved, e.target.style)))
+    assert set(kinds) == set(spec.EDIT_KINDS)
+    acc = sw.edit_accuracy([(sw.render(e.source), e.instruction, sw.render(e.target))
+                            for e in (sw.sample_edit(rng, k) for k in spec.EDIT_KINDS * 5)])
+    print(f"\nedit accuracy of ground-truth targets: {acc}")
+    assert acc["overall"] == 1.0
+
+
+def test_edit_instructions_apply_and_fail_clearly():
+    s = sw.Scene([obj("red", "circle", 5, 5), obj("blue", "square", 40, 5), obj("blue", "square", 5, 40)])
+    t = sw.apply_instruction(s, "make the red circle green")
+    assert [o.color for o in t.objects] == ["green", "blue", "blue"] and t.objects[0].box == s.objects[0].box
+    assert len(sw.apply_instruction(s, "remove the red circle")) == 2
+    added = sw.apply_instruction(s, "add a yellow triangle")
+    assert added.is_valid() and added.objects[:3] == s.objects and added.objects[3].name == "yellow triangle"
+    assert added == sw.apply_instruction(s, "add a yellow triangle")  # deterministic by default
+    assert sw.apply_instruction(s, "make it outline style").style == "outline"
+    with pytest.raises(ValueError, match="names no object.*no green circle"):
+        sw.apply_instruction(s, "make the green circle red")
+    with pytest.raises(ValueError, match="names no object"):
+        sw.apply_instruction(s, "remove the red triangle")
+    with pytest.raises(ValueError, match="ambiguous.*2 objects"):
+        sw.apply_instruction(s, "remove the blue square")
+    with pytest.raises(ValueError, match="cannot parse"):
+        sw.apply_instruction(s, "paint everything pink")
+    with pytest.raises(ValueError, match="only object"):
+        sw.apply_instruction(sw.Scene([obj("red", "circle", 5, 5)]), "remove the red circle")
+    assert sw.parse_instruction("make the red circle green") == sw.Instruction("recolor", "red", "circle", "green")
+
+
+# --- understanding --------------------------------------------------------------------------
+
+def test_captions_round_trip():
+    s = sw.Scene([obj("blue", "square", 40, 5), obj("red", "circle", 5, 30), obj("green", "triangle", 22, 44)],
+                 "outline")
+    assert sw.caption(s) == "a red circle and a green triangle and a blue square, outline style"
+    rng = np.random.default_rng(10)
+    for _ in range(100):
+        scene = sw.random_scene(rng)
+        text = sw.caption(scene)
+        req = sw.parse_prompt(text)
+        assert sw.scene_satisfies(scene, text)
+        assert [(o.color, o.shape) for o in req.objects] == [(o.color, o.shape) for o in scene.left_to_right()]
+        assert sw.score_prompt(text, sw.render(scene))
+    for _ in range(50):
+        scene, text = sw.sample_caption(rng)
+        assert text == sw.caption(scene) and not sw.is_held_out(text)
+
+
+def test_understanding_answers():
+    s = sw.Scene([obj("red", "circle", 2, 5), obj("blue", "square", 40, 5), obj("green", "circle", 20, 40)])
+    assert sw.answer_question(s, "how many circles are there") == "two"
+    assert sw.answer_question(s, "how many squares are there") == "one"
+    assert sw.answer_question(s, "how many triangles are there") == "zero"
+    assert sw.answer_question(s, "what color is the square") == "blue"
+    assert sw.answer_question(s, "is the red circle to the left of the blue square") == "yes"
+    assert sw.answer_question(s, "is the blue square to the left of the green circle") == "no"
+    assert sw.answer_question(s, "is the red circle to the left of the green circle") == "yes"  # dx = 18
+    with pytest.raises(ValueError, match="2 circles"):
+        sw.answer_question(s, "what color is the circle")
+    with pytest.raises(ValueError):
+        sw.answer_question(s, "is the red square to the left of the blue square")
+    rng = np.random.default_rng(11)
+    kinds = Counter()
+    for _ in range(150):
+        scene, q, a = sw.sample_question(rng)
+        kinds[sw.parse_question(q).kind] += 1
+        assert a == sw.answer_question(scene, q)
+        assert a in set(spec.ANSWER_NUMBER_WORDS.values()) | set(spec.COLORS) | {"yes", "no"}
+    assert set(kinds) == {"count", "color", "left_of"}
+
+
+# --- scales ---------------------------------------------------------------------------------
+
+def test_cross_scale_consistency():
+    rng = np.random.default_rng(12)
+    true_scores, mixed_scores = [], []
+    for _ in range(20):
+        a, b = sw.random_scene(rng), sw.random_scene(rng)
+        sa, sb = sw.render_scales(a), sw.render_scales(b)
+        true_scores.append(sw.cross_scale_consistency(sa))
+        mixed_scores.append(sw.cross_scale_consistency({16: sb[16], 32: sb[32], 64: sa[64]}))
+    assert min(true_scores) > 0.999
+    assert max(mixed_scores) < 0.8 and np.mean(mixed_scores) < 0.5
+    print(f"\ncross-scale consistency: true {np.mean(true_scores):.3f}, mismatched {np.mean(mixed_scores):.3f}")
+    blank = np.full((16, 16, 3), 255, np.uint8)
+    assert sw.cross_scale_consistency([blank, np.full((64, 64, 3), 255, np.uint8)]) == 1.0

@@ -1,0 +1,21 @@
+"""Tiny HieraQuery models built from the real transformers / diffusers classes, for the tests."""
+
+from __future__ import annotations
+
+import torch
+
+from hieraquery_core.model import HieraQuery
+from hieraquery_core.tiny import tiny_config
+
+COMBOS = [
+    ("sana", "qwen2_5_vl", "pixel"),
+    ("sd3", "qwen2_5_vl", "autoencoder_kl"),
+    ("sana", "causal_lm", "autoencoder_dc"),
+    ("sd3", "causal_lm", "pixel"),
+]
+
+
+def make_model(dit: str = "sana", mllm: str = "qwen2_5_vl", codec: str = "pixel", seed: int = 0, **kwargs) -> HieraQuery:
+    torch.manual_seed(seed)
+    return HieraQuery.from_config(tiny_config(dit, mllm, codec, **kwargs)).eval()
+
