@@ -114,17 +114,17 @@ def load_own_weights(model: HieraQuery, weights: Path) -> None:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     scale_text = ", ".join(f"{s.name} ({s.num_queries} queries)" for s in model.config.scales)
+    if missing or unexpected:
+        raise HieraQueryError(
+            f"{weights.name} does not match config.json (scales {scale_text}): missing {missing[:5]}, unexpected {unexpected[:5]}; "
+            "restore the checkpoint's own config.json"
+        )
     for key in sorted(set(expected) & set(state)):
         if state[key].shape != expected[key].shape:
             raise HieraQueryError(
                 f"{weights.name}: {key} has shape {list(state[key].shape)} but config.json (scales {scale_text}) needs "
                 f"{list(expected[key].shape)}; the config does not match these weights, restore the checkpoint's own config.json"
             )
-    if missing or unexpected:
-        raise HieraQueryError(
-            f"{weights.name} does not match config.json (scales {scale_text}): missing {missing[:5]}, unexpected {unexpected[:5]}; "
-            "restore the checkpoint's own config.json"
-        )
     model.load_state_dict(state, strict=False)
 
 

