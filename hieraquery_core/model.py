@@ -114,7 +114,7 @@ class HieraQuery(nn.Module):
         """Eq. 3-4: the MLLM's hidden states at each scale's query positions, [B, N_k, d] per scale."""
         require(len(prompts) > 0, "no prompt was given")
         hidden = self.mllm(self.queries(), prompts, images)
-        return self.queries.split(hidden)
+        return self.queries.split(hidden.to(self.dtype))
 
     def condition(self, states: list[torch.Tensor]) -> list[ScaleCondition]:
         """Eq. 5's g_theta(H): per-scale DiT conditions."""

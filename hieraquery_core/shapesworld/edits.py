@@ -62,8 +62,8 @@ class EditTriplet:
     kind: str
 
 
-_C = "|".join(spec.COLORS)
-_S = "|".join(spec.SHAPES)
+_C = spec.COLOR_PATTERN
+_S = spec.SHAPE_PATTERN
 _RECOLOR = re.compile(rf"^make the ({_C}) ({_S}) ({_C})$")
 _REMOVE = re.compile(rf"^remove the ({_C}) ({_S})$")
 _ADD = re.compile(rf"^add a ({_C}) ({_S})$")

@@ -38,6 +38,7 @@ from . import spec
 from .edits import check_instruction, find_named, parse_instruction
 from .prompts import parse_prompt
 from .render import downscale
+from .scene import BoxCentre
 
 MIN_COMPONENT_AREA = 20
 """Ink components with fewer pixels (in 64x64 units) are noise and ignored."""
@@ -58,7 +59,7 @@ _D_NORM2 = (_D ** 2).sum(axis=1)  # (6,)
 
 
 @dataclass(frozen=True)
-class DetectedObject:
+class DetectedObject(BoxCentre):
     """An object parsed from an image (coordinates in 64x64 canvas units, box half-open)."""
 
     color: str
@@ -68,18 +69,6 @@ class DetectedObject:
     area: int
     hole_area: int
     fill_ratio: float
-
-    @property
-    def cx(self) -> float:
-        return (self.box[0] + self.box[2]) / 2.0
-
-    @property
-    def cy(self) -> float:
-        return (self.box[1] + self.box[3]) / 2.0
-
-    @property
-    def centre(self) -> tuple[float, float]:
-        return (self.cx, self.cy)
 
 
 # --- connected components -------------------------------------------------------------------

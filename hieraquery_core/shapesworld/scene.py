@@ -26,21 +26,10 @@ class PlacementError(ValueError):
     """Raised when objects cannot be placed under the spec's rules (rejection sampling failed)."""
 
 
-@dataclass(frozen=True)
-class SceneObject:
-    """One object: a palette colour name, a shape name and its box (x0, y0, x1, y1), half-open."""
+class BoxCentre:
+    """Centre of a half-open box ``(x0, y0, x1, y1)``, as the spec's relations measure it."""
 
-    color: str
-    shape: str
-    box: Box
-
-    @property
-    def width(self) -> int:
-        return self.box[2] - self.box[0]
-
-    @property
-    def height(self) -> int:
-        return self.box[3] - self.box[1]
+    box: tuple[int, int, int, int]
 
     @property
     def cx(self) -> float:
@@ -55,6 +44,23 @@ class SceneObject:
     @property
     def centre(self) -> tuple[float, float]:
         return (self.cx, self.cy)
+
+
+@dataclass(frozen=True)
+class SceneObject(BoxCentre):
+    """One object: a palette colour name, a shape name and its box (x0, y0, x1, y1), half-open."""
+
+    color: str
+    shape: str
+    box: Box
+
+    @property
+    def width(self) -> int:
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> int:
+        return self.box[3] - self.box[1]
 
     @property
     def name(self) -> str:

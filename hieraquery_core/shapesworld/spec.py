@@ -120,3 +120,8 @@ ANSWER_NUMBER_WORDS: Final[dict[int, str]] = {
 # --- "Scoring (GenEval style)" ----------------------------------------------------------------
 FILL_RATIO: Final[dict[str, float]] = {"circle": 0.785, "square": 1.0, "triangle": 0.5}
 """Nominal fill ratio of a shape's box (area / box area)."""
+
+
+# Regular-expression alternations of the vocabulary, shared by the instruction and question parsers.
+COLOR_PATTERN = "|".join(COLORS)
+SHAPE_PATTERN = "|".join(SHAPES)

@@ -43,8 +43,8 @@ class Question:
         return t.format(shape=self.shape, color=self.color, shape2=self.shape2, color2=self.color2)
 
 
-_C = "|".join(spec.COLORS)
-_S = "|".join(spec.SHAPES)
+_C = spec.COLOR_PATTERN
+_S = spec.SHAPE_PATTERN
 _COUNT = re.compile(rf"^how many ({_S})s are there\??$")
 _COLOR = re.compile(rf"^what colou?r is the ({_S})\??$")
 _LEFT = re.compile(rf"^is the ({_C}) ({_S}) to the left of the ({_C}) ({_S})\??$")
