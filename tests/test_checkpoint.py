@@ -119,3 +119,18 @@ def test_pickle_file_or_plain_file_is_refused(tmp_path):
     other.write_bytes(b"")
     with pytest.raises(HieraQueryError, match="is a file"):
         load_checkpoint(other)
+
+
+def test_connector_initialises_from_a_local_qwen2_folder(tmp_path):
+    """The paper starts the connector from Qwen2.5-0.5B (section 4.2): ConnectorSpec.path loads a local folder."""
+    from hieraquery_core.model import HieraQuery
+    from hieraquery_core.tiny import tiny_config
+
+    model = make_model()
+    model.connector.encoder.save_pretrained(tmp_path / "qwen2-connector", safe_serialization=True)
+    config = tiny_config()
+    config.connector.path = str(tmp_path / "qwen2-connector")
+    rebuilt = HieraQuery.from_config(config)
+    reference = model.connector.encoder.state_dict()
+    assert all(torch.equal(v, rebuilt.connector.encoder.state_dict()[k]) for k, v in reference.items())
+    assert not rebuilt.connector.encoder.layers[0].self_attn.is_causal
