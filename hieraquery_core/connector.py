@@ -67,6 +67,9 @@ class Connector(nn.Module):
     def __init__(self, in_dim: int, spec: ConnectorSpec, caption_dim: int, pooled_dim: int | None, encoder: Qwen2Model | None = None) -> None:
         super().__init__()
         self.encoder = encoder if encoder is not None else Qwen2Model(connector_config(spec))
+        # The connector only ever sees inputs_embeds: its token embedding is never used, so it is not trained
+        # (an unused trainable parameter breaks DDP, and Qwen2.5-0.5B's is 136M parameters of optimizer state).
+        self.encoder.embed_tokens.requires_grad_(False)
         width = self.encoder.config.hidden_size
         for layer in self.encoder.layers:
             layer.self_attn.is_causal = False

@@ -1,0 +1,136 @@
+"""Checkpoints of the trainer: exact resume, atomic pickle-free files, clear errors for the wrong checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hieraquery_core.checkpoint import load_checkpoint
+from hieraquery_core.config import ScaleSpec
+from hieraquery_core.errors import HieraQueryError
+from hieraquery_core.tiny import tiny_config
+from train import state as st
+from train.train import TrainConfig, Trainer, train
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models train several times faster on one thread than on two on a loaded 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class Stop(Exception):
+    """Stands for the process being killed right after a checkpoint."""
+
+
+def stop_at(step):
+    def callback(trainer, now):
+        if now == step:
+            raise Stop()
+    return callback
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One straight 6-step edit run and one stopped after the step-3 checkpoint and resumed (tiny Qwen2.5-VL + SANA, 32 px)."""
+    root = tmp_path_factory.mktemp("resume")
+    tiny_config("sana", "qwen2_5_vl", "pixel").save(root / "cfg.json")
+    common = dict(stage="edit", config=str(root / "cfg.json"), data="shapesworld", shapesworld_samples=8, steps=6, warmup=2,
+                  batch_size=2, log_every=1, progress=False)
+    straight = train(TrainConfig(out=str(root / "straight"), **common))
+    with pytest.raises(Stop):
+        train(TrainConfig(out=str(root / "resumed"), save_every=3, eval_every=3, **common), callbacks=[stop_at(3)])
+    interrupted = sorted(p.name for p in (root / "resumed" / "checkpoints").iterdir())
+    resumed = train(TrainConfig(out=str(root / "resumed"), save_every=3, resume="latest", **common))
+    return root, common, straight, resumed, interrupted
+
+
+def test_resumed_run_ends_bit_identical(runs):
+    root, _, straight, resumed, interrupted = runs
+    assert interrupted == ["step-0000003"]
+    a = load_checkpoint(root / "straight" / "final").state_dict()
+    b = load_checkpoint(root / "resumed" / "final").state_dict()
+    assert a.keys() == b.keys()
+    diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert diff == 0.0, f"resumed weights differ by {diff}"
+    assert straight.losses == pytest.approx(resumed.losses, abs=0)
+    assert resumed.step == 6
+    log = (root / "resumed" / "train.log").read_text()
+    assert "resumed at step 3 (epoch 0, batch 3)" in log
+
+
+def test_checkpoint_files_are_safetensors_and_json_only(runs):
+    root = runs[0]
+    step = root / "resumed" / "checkpoints" / "step-0000006"
+    files = [p for p in step.rglob("*") if p.is_file()]
+    assert {p.suffix for p in files} <= {".json", ".safetensors"}, sorted(p.name for p in files)
+    for p in files:  # no pickle stream anywhere (protocol 2+ pickles start with 0x80)
+        assert not p.read_bytes()[:2].startswith(b"\x80"), p
+    state = json.loads((step / st.STATE_NAME).read_text())
+    assert state["step"] == 6 and state["scheduler"]["last_epoch"] == 6
+    assert not list((root / "resumed" / "checkpoints").glob(".*")), "a temporary checkpoint folder was left behind"
+    assert load_checkpoint(step / "model") is not None
+
+
+def test_resume_with_another_config_is_refused(runs):
+    root, common, *_ = runs
+    other = tiny_config("sana", "qwen2_5_vl", "pixel", scales=[ScaleSpec((4, 4), 0.5), ScaleSpec((8, 8), 1.0)])
+    other.save(root / "other.json")
+    with pytest.raises(HieraQueryError, match="different model configuration.*scales"):
+        Trainer(TrainConfig(out=str(root / "resumed"), resume="latest", **{**common, "config": str(root / "other.json")}))
+
+
+def test_resume_with_other_batch_size_is_refused(runs):
+    root, common, *_ = runs
+    with pytest.raises(HieraQueryError, match="batch_size 2 \\(now 4\\)"):
+        Trainer(TrainConfig(out=str(root / "resumed"), resume="latest", **{**common, "batch_size": 4}))
+
+
+def test_existing_run_needs_resume_flag(runs):
+    root, common, *_ = runs
+    with pytest.raises(HieraQueryError, match="pass --resume"):
+        Trainer(TrainConfig(out=str(root / "resumed"), **common))
+
+
+def test_optimizer_state_round_trip(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    model(torch.randn(2, 3)).sum().backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)  # as in the trainer: a fresh optimizer's state is initialised with zero grads
+    saved = st.optimizer_state_dict(model, opt)
+    part = st.save_optimizer(tmp_path / "opt.safetensors", saved)
+    json.dumps(part)
+    fresh = torch.optim.AdamW(model.parameters(), lr=5.0)
+    st.load_optimizer_state_dict(model, fresh, st.load_optimizer(tmp_path / "opt.safetensors", part))
+    a, b = opt.state_dict(), fresh.state_dict()
+    assert b["param_groups"][0]["lr"] == 1e-3 and tuple(b["param_groups"][0]["betas"]) == (0.9, 0.95)
+    for k in a["state"]:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(a["state"][k][name], b["state"][k][name])
+
+
+def test_rng_states_round_trip(tmp_path):
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(3), np.random.seed(4), random.seed(5)
+    np.random.standard_normal()  # leave a cached gaussian in numpy's state
+    st.save_rng(tmp_path / "rng.safetensors")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    st.load_rng(tmp_path / "rng.safetensors")
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
+    with st.preserved_rng():
+        torch.rand(10)
+    after = torch.rand(1)
+    st.load_rng(tmp_path / "rng.safetensors")
+    torch.rand(3)
+    assert torch.equal(after, torch.rand(1))
