@@ -205,7 +205,7 @@ def _pick_column(row: dict[str, Any], names: tuple[str, ...]) -> Any:
 
 def _expected_columns(stage: str) -> str:
     spec = EDIT_COLUMNS if stage == "edit" else PAIR_COLUMNS
-    parts = [f"{key!r}" + (f" (or {', '.join(repr(a) for a in names[1:])})" if len(names) > 1 else "") for key, names in spec.items()]
+    parts = [f"{names[0]!r}" + (f" (or {', '.join(repr(a) for a in names[1:])})" if len(names) > 1 else "") for names in spec.values()]
     return ", ".join(parts)
 
 
@@ -228,10 +228,10 @@ def read_manifest(path: Path, stage: str, skips: SkipCounter, min_clip: float = 
             skips.add("manifest line is not a JSON object")
             continue
         if not header_checked:
-            absent = [key for key, names in spec.items() if not any(n in row for n in names)]
+            absent = [names[0] for names in spec.values() if not any(n in row for n in names)]
             if absent:
                 raise HieraQueryError(
-                    f"manifest {path} line {lineno} has columns {sorted(row)}; a {stage} manifest needs {_expected_columns(stage)} "
+                    f"manifest {path} line {lineno} has columns {sorted(row)}; {'an edit' if stage == 'edit' else 'a ' + stage} manifest needs {_expected_columns(stage)} "
                     f"(missing {absent}); optional: 'clip_score', 'watermark_score', 'width', 'height'"
                 )
             header_checked = True

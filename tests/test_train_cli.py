@@ -1,0 +1,89 @@
+"""The command line through the three stages (t2i -> reconstruction -> edit), data from files, bad samples,
+and the Python API with in-memory datasets and streams."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hieraquery_core.checkpoint import load_checkpoint
+from hieraquery_core.config import HieraQueryConfig
+from hieraquery_core.tiny import tiny_config
+from train.train import TrainConfig, Trainer, main, train
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_image(path, width, height, seed):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    tiny_config("sana", "qwen2_5_vl", "pixel").save(root / "cfg.json")
+    (root / "pairs").mkdir()
+    rows = []
+    for i, (w, h) in enumerate([(32, 32), (48, 32), (32, 48), (40, 40), (64, 32), (32, 32)]):
+        write_image(root / "pairs" / f"{i}.png", w, h, i)
+        rows.append({"image": f"pairs/{i}.png", "prompt": "a red circle" if i % 2 else "two squares", "clip_score": 0.6, "watermark_score": 0.1})
+    (root / "pairs" / "5.png").write_bytes(b"garbage")  # unreadable: left out at indexing
+    (root / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (root / "edits").mkdir()
+    for i in range(3):
+        write_image(root / "edits" / f"e{i}.png", 32, 32, 10 + i)
+        write_image(root / "edits" / f"e{i}.source.png", 32, 32, 20 + i)
+        (root / "edits" / f"e{i}.txt").write_text("make the red circle blue")
+    return root
+
+
+def test_three_stages_from_the_command_line(data, capsys):
+    common = ["--steps", "2", "--batch-size", "2", "--log-every", "1", "--no-progress"]
+    assert main(["--stage", "t2i", "--config", str(data / "cfg.json"), "--data", str(data / "pairs.jsonl"), "--out", str(data / "t2i"), *common, "--steps", "3", "--warmup", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["step"] == 3 and summary["skipped"] == {"unreadable image": 1}
+    log = (data / "t2i" / "train.log").read_text()
+    assert "left out while indexing: unreadable image: 1" in log and "lr 1.000e-06" in log and "lr 5.000e-05" in log
+    assert main(["--stage", "reconstruction", "--init-from", str(data / "t2i"), "--data", str(data / "pairs.jsonl"), "--out", str(data / "rec"), *common]) == 0
+    assert main(["--stage", "edit", "--init-from", str(data / "rec" / "final"), "--data", str(data / "edits"), "--out", str(data / "edit"), *common]) == 0
+    final = load_checkpoint(data / "edit" / "final")
+    assert final.config.scales == HieraQueryConfig.load(data / "cfg.json").scales
+    start = load_checkpoint(data / "rec" / "final")
+    assert not torch.equal(final.queries.start, start.queries.start)  # the edit stage trained on from the reconstruction weights
+    assert "initialising from" in (data / "edit" / "train.log").read_text()
+
+
+def test_command_line_errors_are_one_line(data, capsys):
+    (data / "wrong.jsonl").write_text(json.dumps({"path": "x.png", "text": "y"}) + "\n")
+    code = main(["--stage", "edit", "--config", str(data / "cfg.json"), "--data", str(data / "wrong.jsonl"), "--out", str(data / "wrong"), "--steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: manifest") and "'instruction'" in err and "'source'" in err
+    code = main(["--stage", "t2i", "--data", str(data / "pairs.jsonl"), "--out", str(data / "nomodel"), "--steps", "1"])
+    assert code == 2 and "--config" in capsys.readouterr().err
+
+
+def test_python_api_with_datasets_streams_and_callbacks(data):
+    cfg = dict(stage="t2i", config=str(data / "cfg.json"), steps=2, batch_size=2, progress=False, eval_every=1)
+    calls = []
+    samples = [{"prompt": "a blue square", "target": torch.rand(3, 64, 64)}, {"prompt": "broken"}, {"prompt": "a circle", "target": torch.rand(3, 32, 32)}]
+    result = train(TrainConfig(out=str(data / "api-ds"), **cfg), dataset=samples, callbacks=[lambda trainer, step: calls.append((step, trainer.model.training))])
+    assert result.step == 2 and calls == [(1, False), (2, False)]
+    assert result.skipped.get("bad sample (sample lacks ['target'] (has ['prompt']))", 0) >= 1
+
+    def stream():
+        for i in range(100):
+            yield {"prompt": "a green triangle", "target": torch.full((3, 32, 32), i / 100)}
+
+    trainer = Trainer(TrainConfig(out=str(data / "api-stream"), **{**cfg, "eval_every": 0}), dataset=stream())
+    assert trainer.fit().step == 2 and trainer.batch_in_epoch == 2
