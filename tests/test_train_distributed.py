@@ -47,3 +47,48 @@ def test_two_processes_stay_in_sync_and_resume_exactly(tmp_path):
     step = tmp_path / "resumed" / "checkpoints" / "step-0000004"
     assert (step / "rng-rank0.safetensors").is_file() and (step / "rng-rank1.safetensors").is_file()
     assert "parameter checksums of 2 processes: identical" in (tmp_path / "straight" / "train.log").read_text()
+
+
+def test_shipped_accelerate_configs_load_and_name_real_layers():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from tiny_models import make_model
+
+    kinds = {}
+    for path in sorted((ROOT / "train" / "accelerate").glob("*.yaml")):
+        config = load_config_from_file(str(path))
+        kinds[path.stem] = str(config.distributed_type)
+        if config.fsdp_config:
+            dit = "sd3" if "sd3" in path.stem else "sana"
+            present = {type(m).__name__ for m in make_model(dit, "qwen2_5_vl", "pixel").modules()}
+            wanted = config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"].split(",")
+            assert set(wanted) <= present, (path.name, set(wanted) - present)
+    assert kinds == {"ddp": "DistributedType.MULTI_GPU", "deepspeed_zero2": "DistributedType.DEEPSPEED", "fsdp_sana": "DistributedType.FSDP",
+                     "fsdp_sd3": "DistributedType.FSDP", "single": "DistributedType.NO"}
+
+
+def test_gathered_state_dict_path_writes_the_same_model(tmp_path):
+    """The FSDP / DeepSpeed save path (a CPU copy filled from the gathered full state dict), run on one process."""
+    import torch
+
+    from hieraquery_core.checkpoint import load_checkpoint
+    from train.train import Trainer, TrainConfig
+
+    tiny_config("sd3", "causal_lm", "pixel").save(tmp_path / "cfg.json")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        trainer = Trainer(TrainConfig(stage="t2i", config=str(tmp_path / "cfg.json"), data="shapesworld", shapesworld_samples=4, steps=1, batch_size=2,
+                                      out=str(tmp_path / "run"), progress=False))
+        trainer.fit()
+        trainer.sharded = True
+        copy = trainer._model_for_saving()
+        assert copy is not trainer.model
+        expected, got = trainer.model.state_dict(), copy.state_dict()
+        assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+        trainer.step = 2
+        folder = trainer.save()
+        saved = load_checkpoint(folder / "model").state_dict()
+        assert all(torch.equal(expected[k], saved[k]) for k in expected)
+    finally:
+        torch.set_num_threads(before)

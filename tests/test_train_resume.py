@@ -40,8 +40,8 @@ def runs(tmp_path_factory):
     """One straight 6-step edit run and one stopped after the step-3 checkpoint and resumed (tiny Qwen2.5-VL + SANA, 32 px)."""
     root = tmp_path_factory.mktemp("resume")
     tiny_config("sana", "qwen2_5_vl", "pixel").save(root / "cfg.json")
-    common = dict(stage="edit", config=str(root / "cfg.json"), data="shapesworld", shapesworld_samples=8, steps=6, warmup=2,
-                  batch_size=2, log_every=1, progress=False)
+    common = dict(stage="edit", config=str(root / "cfg.json"), data="shapesworld", shapesworld_samples=10, steps=6, warmup=2,
+                  batch_size=2, grad_accum=2, log_every=1, progress=False)
     straight = train(TrainConfig(out=str(root / "straight"), **common))
     with pytest.raises(Stop):
         train(TrainConfig(out=str(root / "resumed"), save_every=3, eval_every=3, **common), callbacks=[stop_at(3)])
@@ -61,7 +61,7 @@ def test_resumed_run_ends_bit_identical(runs):
     assert straight.losses == pytest.approx(resumed.losses, abs=0)
     assert resumed.step == 6
     log = (root / "resumed" / "train.log").read_text()
-    assert "resumed at step 3 (epoch 0, batch 3)" in log
+    assert "resumed at step 3 (epoch 1, batch 1)" in log  # 5 batches per epoch, 2 per step: mid-epoch
 
 
 def test_checkpoint_files_are_safetensors_and_json_only(runs):
@@ -134,3 +134,17 @@ def test_rng_states_round_trip(tmp_path):
     st.load_rng(tmp_path / "rng.safetensors")
     torch.rand(3)
     assert torch.equal(after, torch.rand(1))
+
+
+def test_half_written_checkpoint_is_ignored(tmp_path):
+    """A save killed before its rename leaves only a hidden temporary folder, which never counts as a checkpoint."""
+    root = tmp_path / "checkpoints"
+    done = root / st.step_dir_name(3)
+    done.mkdir(parents=True)
+    st.write_json(done / st.STATE_NAME, {"format": st.STATE_FORMAT, "format_version": st.STATE_VERSION})
+    partial = st.temporary_dir(root / st.step_dir_name(6))
+    partial.mkdir()
+    (partial / "rng-rank0.safetensors").write_bytes(b"")
+    (root / st.step_dir_name(9)).mkdir()  # no trainer_state.json: incomplete
+    assert st.latest_checkpoint(root) == done
+    assert [p.name for p in st.list_checkpoints(root)] == ["step-0000003"]

@@ -520,7 +520,7 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return None
         copy = HieraQuery.from_config(self.model.config, base_dir=getattr(self.model, "source_dir", None))
-        copy.load_state_dict({k[len("model."):] if k.startswith("model.") else k: v for k, v in state.items()}, strict=False)
+        copy.load_state_dict({k[len("model."):] if k.startswith("model.") else k: v for k, v in state.items()})
         copy.source_dir = getattr(self.model, "source_dir", None)
         return copy
 
