@@ -87,3 +87,9 @@ def test_python_api_with_datasets_streams_and_callbacks(data):
 
     trainer = Trainer(TrainConfig(out=str(data / "api-stream"), **{**cfg, "eval_every": 0}), dataset=stream())
     assert trainer.fit().step == 2 and trainer.batch_in_epoch == 2
+
+
+def test_a_batch_of_only_bad_samples_is_a_zero_loss_step(data):
+    result = train(TrainConfig(stage="t2i", config=str(data / "cfg.json"), steps=1, batch_size=2, progress=False, out=str(data / "all-bad")),
+                   dataset=[{"prompt": "no target"}, {"prompt": "no target either"}])
+    assert result.step == 1 and result.losses == [0.0] and sum(result.skipped.values()) == 2

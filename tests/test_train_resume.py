@@ -77,6 +77,17 @@ def test_checkpoint_files_are_safetensors_and_json_only(runs):
     assert load_checkpoint(step / "model") is not None
 
 
+def test_resume_with_more_steps_continues(runs, tmp_path):
+    root, common, *_ = runs
+    import shutil
+
+    shutil.copytree(root / "resumed", tmp_path / "longer")
+    result = train(TrainConfig(out=str(tmp_path / "longer"), resume="latest", **{**common, "steps": 8}))
+    assert result.step == 8
+    log = (tmp_path / "longer" / "train.log").read_text()
+    assert "the schedule changed" in log and "resumed at step 6" in log
+
+
 def test_resume_with_another_config_is_refused(runs):
     root, common, *_ = runs
     other = tiny_config("sana", "qwen2_5_vl", "pixel", scales=[ScaleSpec((4, 4), 0.5), ScaleSpec((8, 8), 1.0)])

@@ -35,6 +35,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -409,7 +410,7 @@ class Trainer:
             batch = self.training_batch(next(batches))
             generator = step_generator(cfg.seed, self.step, micro, acc.process_index)
             sync = micro == cfg.grad_accum - 1
-            with (acc.no_sync(self.wrapped) if not sync and acc.num_processes > 1 else _null()):
+            with acc.no_sync(self.wrapped) if not sync and acc.num_processes > 1 else nullcontext():
                 loss, per_scale = self.wrapped(batch, generator)
                 acc.backward(loss / cfg.grad_accum)
             total += loss.detach() / cfg.grad_accum
@@ -602,14 +603,6 @@ class Trainer:
             self.log(f"wrote the model to {path}")
         self.accelerator.wait_for_everyone()
         return path
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> bool:
-        return False
 
 
 def _summary(counts: Counter | dict[str, int]) -> str:
