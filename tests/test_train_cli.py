@@ -56,7 +56,7 @@ def test_three_stages_from_the_command_line(data, capsys):
     log = (data / "t2i" / "train.log").read_text()
     assert "left out while indexing: unreadable image: 1" in log and "lr 1.000e-06" in log and "lr 5.000e-05" in log
     assert main(["--stage", "reconstruction", "--init-from", str(data / "t2i"), "--data", str(data / "pairs.jsonl"), "--out", str(data / "rec"), *common]) == 0
-    assert main(["--stage", "edit", "--init-from", str(data / "rec" / "final"), "--data", str(data / "edits"), "--out", str(data / "edit"), *common]) == 0
+    assert main(["--stage", "edit", "--init-from", str(data / "rec" / "final"), "--data", str(data / "edits"), "--out", str(data / "edit"), *common, "--workers", "1"]) == 0
     final = load_checkpoint(data / "edit" / "final")
     assert final.config.scales == HieraQueryConfig.load(data / "cfg.json").scales
     start = load_checkpoint(data / "rec" / "final")
@@ -71,6 +71,9 @@ def test_command_line_errors_are_one_line(data, capsys):
     assert code == 2 and err.startswith("error: manifest") and "'instruction'" in err and "'source'" in err
     code = main(["--stage", "t2i", "--data", str(data / "pairs.jsonl"), "--out", str(data / "nomodel"), "--steps", "1"])
     assert code == 2 and "--config" in capsys.readouterr().err
+    tiny_config("sana", "causal_lm", "pixel").save(data / "text-only.json")
+    code = main(["--stage", "edit", "--config", str(data / "text-only.json"), "--data", str(data / "edits"), "--out", str(data / "textonly"), "--steps", "1"])
+    assert code == 2 and "text-only" in capsys.readouterr().err
 
 
 def test_python_api_with_datasets_streams_and_callbacks(data):

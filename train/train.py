@@ -243,6 +243,8 @@ class Trainer:
         self._setup_logging()
         resume_dir = self._resume_dir()
         self.model = self._build_model(resume_dir)
+        require(cfg.stage == "t2i" or self.model.mllm.supports_images,
+                f"the {cfg.stage} stage gives the MLLM images, and this model's MLLM ({self.model.config.mllm.kind}) is text-only; use a Qwen2.5-VL MLLM, or --stage t2i")
         self.model.train()
         self.dataset_source = dataset if dataset is not None else cfg.data
         self._setup_data()
