@@ -49,9 +49,11 @@ def data(tmp_path_factory):
 
 
 def test_three_stages_from_the_command_line(data, capsys):
-    common = ["--steps", "2", "--batch-size", "2", "--log-every", "1", "--no-progress"]
+    common = ["--steps", "2", "--batch-size", "2", "--log-every", "1", "--no-progress", "--eval-every", "1", "--eval-hook", "builtins:print"]
     assert main(["--stage", "t2i", "--config", str(data / "cfg.json"), "--data", str(data / "pairs.jsonl"), "--out", str(data / "t2i"), *common, "--steps", "3", "--warmup", "2"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(out[-1])
+    assert [line.split()[-1] for line in out if line.startswith("<train.train.Trainer")] == ["1", "2", "3"]  # the --eval-hook, every step
     assert summary["step"] == 3 and summary["skipped"] == {"unreadable image": 1}
     log = (data / "t2i" / "train.log").read_text()
     assert "left out while indexing: unreadable image: 1" in log and "lr 1.000e-06" in log and "lr 5.000e-05" in log
@@ -71,6 +73,8 @@ def test_command_line_errors_are_one_line(data, capsys):
     assert code == 2 and err.startswith("error: manifest") and "'instruction'" in err and "'source'" in err
     code = main(["--stage", "t2i", "--data", str(data / "pairs.jsonl"), "--out", str(data / "nomodel"), "--steps", "1"])
     assert code == 2 and "--config" in capsys.readouterr().err
+    code = main(["--stage", "t2i", "--config", str(data / "cfg.json"), "--data", str(data / "pairs.jsonl"), "--out", str(data / "hook"), "--steps", "1", "--eval-hook", "nowhere:fn"])
+    assert code == 2 and "--eval-hook 'nowhere:fn' cannot be imported" in capsys.readouterr().err
     tiny_config("sana", "causal_lm", "pixel").save(data / "text-only.json")
     code = main(["--stage", "edit", "--config", str(data / "text-only.json"), "--data", str(data / "edits"), "--out", str(data / "textonly"), "--steps", "1"])
     assert code == 2 and "text-only" in capsys.readouterr().err
@@ -88,7 +92,8 @@ def test_python_api_with_datasets_streams_and_callbacks(data):
         for i in range(100):
             yield {"prompt": "a green triangle", "target": torch.full((3, 32, 32), i / 100)}
 
-    trainer = Trainer(TrainConfig(out=str(data / "api-stream"), **{**cfg, "eval_every": 0}), dataset=stream())
+    config_object = tiny_config("sana", "qwen2_5_vl", "pixel")  # a HieraQueryConfig instead of a JSON path
+    trainer = Trainer(TrainConfig(out=str(data / "api-stream"), **{**cfg, "eval_every": 0, "config": config_object}), dataset=stream())
     assert trainer.fit().step == 2 and trainer.batch_in_epoch == 2
 
 

@@ -24,6 +24,7 @@ the global RNG states of every process are saved too. So a run that is stopped a
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import importlib
 import json
@@ -66,7 +67,7 @@ class TrainConfig:
 
     stage: str = "t2i"
     out: str = "runs/hieraquery"
-    config: str | None = None
+    config: str | HieraQueryConfig | None = None
     init_from: str | None = None
     data: str | None = None
     steps: int | None = None
@@ -261,7 +262,7 @@ class Trainer:
 
             set_seed(cfg.seed, device_specific=True)
         if acc.is_main_process:
-            st.write_json(self.out / "run.json", {"settings": dataclasses.asdict(cfg), "processes": acc.num_processes, "distributed": str(acc.distributed_type),
+            st.write_json(self.out / "run.json", {"settings": {**dataclasses.asdict(cfg), "config": cfg.config.to_dict() if isinstance(cfg.config, HieraQueryConfig) else cfg.config}, "processes": acc.num_processes, "distributed": str(acc.distributed_type),
                                                   "mixed_precision": acc.mixed_precision, "total_steps": self.total_steps, "warmup": self.warmup})
         self.log(f"stage {cfg.stage}: {self.total_steps} steps (warmup {self.warmup}), {acc.num_processes} process(es) x batch {cfg.batch_size} x accumulation {cfg.grad_accum}, "
                  f"lr {cfg.min_lr:g} -> {cfg.lr:g} -> {cfg.min_lr:g}, {acc.distributed_type}, mixed precision {acc.mixed_precision}, "
@@ -310,7 +311,9 @@ class Trainer:
         cfg = self.cfg
         wanted: HieraQueryConfig | None = None
         base_dir = None
-        if cfg.config:
+        if isinstance(cfg.config, HieraQueryConfig):  # from Python: a config object (relative paths: the working directory)
+            wanted = copy.deepcopy(cfg.config)
+        elif cfg.config:
             config_path = Path(cfg.config)
             wanted = HieraQueryConfig.load(config_path)
             base_dir = config_base_dir(wanted, config_path)
@@ -331,7 +334,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         model = HieraQuery.from_config(wanted, base_dir=base_dir)
         model.source_dir = base_dir
-        self.log(f"built a new model from {cfg.config}")
+        self.log(f"built a new model from {cfg.config if not isinstance(cfg.config, HieraQueryConfig) else 'a HieraQueryConfig (' + cfg.config.name + ')'}")
         return model
 
     def _setup_data(self) -> None:
