@@ -159,3 +159,31 @@ def test_half_written_checkpoint_is_ignored(tmp_path):
     (root / st.step_dir_name(9)).mkdir()  # no trainer_state.json: incomplete
     assert st.latest_checkpoint(root) == done
     assert [p.name for p in st.list_checkpoints(root)] == ["step-0000003"]
+
+
+def test_process_killed_by_sigkill_resumes_exactly(tmp_path):
+    """A real SIGKILL of a command-line run right after its step-4 checkpoint; `--resume` then ends with the
+    same weights as a run that was never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    tiny_config("sd3", "causal_lm", "pixel").save(tmp_path / "cfg.json")
+    settings = dict(stage="t2i", config=str(tmp_path / "cfg.json"), data="shapesworld", shapesworld_samples=6, steps=6, warmup=2, batch_size=2,
+                    save_every=2, progress=False)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items() if k != "progress"] + ["--no-progress"]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'tests'}", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    killed = subprocess.run([sys.executable, "-m", "train.train", *flags, "--out", str(tmp_path / "killed"), "--eval-every", "4",
+                             "--eval-hook", "train_kill_hook:kill_at_step_4"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert [p.name for p in st.list_checkpoints(tmp_path / "killed" / "checkpoints")] == ["step-0000002", "step-0000004"]
+    assert not (tmp_path / "killed" / "final").exists()
+    resumed = train(TrainConfig(out=str(tmp_path / "killed"), resume="latest", **settings))
+    straight = train(TrainConfig(out=str(tmp_path / "straight"), **settings))
+    a = load_checkpoint(tmp_path / "straight" / "final").state_dict()
+    b = load_checkpoint(tmp_path / "killed" / "final").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.losses == straight.losses
