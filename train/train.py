@@ -236,7 +236,8 @@ class Trainer:
         self.callbacks = list(callbacks)
         if cfg.eval_hook:
             self.callbacks.append(load_eval_hook(cfg.eval_hook))
-        self.skips = SkipCounter()
+        self.skips = SkipCounter()  # samples this process dropped while loading (summed over processes when reported)
+        self.index_skips = SkipCounter()  # left out while indexing (every process indexes the same files: counted once)
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -351,9 +352,9 @@ class Trainer:
 
                 source = shapesworld_dataset(cfg.stage, cfg.shapesworld_samples, seed=cfg.seed)
             else:
-                records = load_records(source, cfg.stage, self.skips, cfg.max_aspect, cfg.min_clip, cfg.max_watermark)
+                records = load_records(source, cfg.stage, self.index_skips, cfg.max_aspect, cfg.min_clip, cfg.max_watermark)
                 self.dataset = FileDataset(records, cfg.stage, buckets, cfg.recon_prompt)
-                self.log(f"data: {len(records)} samples from {source} in {len(set(self.dataset.sizes))} bucket(s); left out while indexing: {self.skips.summary()}")
+                self.log(f"data: {len(records)} samples from {source} in {len(set(self.dataset.sizes))} bucket(s); left out while indexing: {self.index_skips.summary()}")
         if self.dataset is None:
             if hasattr(source, "__getitem__") and hasattr(source, "__len__"):
                 self.dataset = SampleDataset(source, cfg.stage, buckets, cfg.recon_prompt)
@@ -490,15 +491,18 @@ class Trainer:
         self.log(f"parameter checksums of {len(sums)} processes: {'identical' if same else 'DIFFERENT'} {sums}")
         require(same, f"the processes' parameters differ after step {self.step} ({sums}); the replicas are out of sync")
 
-    def gathered_skips(self) -> Counter:
-        """Skipped-sample counts summed over processes (indexing counts once, from the main process)."""
-        if self.accelerator.num_processes == 1:
-            return Counter(self.skips.counts)
-        from accelerate.utils import gather_object
-
+    def gathered_skips(self, loading_only: bool = False) -> Counter:
+        """Skipped-sample counts: loading summed over processes, plus (unless ``loading_only``) indexing, once."""
         total: Counter = Counter()
-        for counts in gather_object([dict(self.skips.counts)]):
-            total.update(counts)
+        if self.accelerator.num_processes == 1:
+            total.update(self.skips.counts)
+        else:
+            from accelerate.utils import gather_object
+
+            for counts in gather_object([dict(self.skips.counts)]):
+                total.update(counts)
+        if not loading_only:
+            total.update(self.index_skips.counts)
         return total
 
     def run_callbacks(self) -> None:
@@ -541,6 +545,7 @@ class Trainer:
         acc.wait_for_everyone()
         st.save_rng(tmp / st.rng_name(acc.process_index))
         model = self._model_for_saving()
+        skipped_loading = self.gathered_skips(loading_only=True)  # a collective: every process calls it
         optimizer_state = None
         if not self.deepspeed:
             optimizer_state = st.optimizer_state_dict(self.wrapped, self.optimizer.optimizer)
@@ -557,7 +562,7 @@ class Trainer:
                 "lr": cfg.lr, "min_lr": cfg.min_lr, "scheduler": st.scheduler_state(self.scheduler),
                 "grad_scaler": st.jsonable(scaler) if scaler is not None else None,
                 "optimizer": optimizer_json, "parameters": parameter_table(self.unwrapped_model()) if not (self.sharded or self.deepspeed) else parameter_table(model),
-                "skipped": dict(self.skips.counts), "losses_tail": self.losses[-100:],
+                "skipped": dict(skipped_loading), "losses_tail": self.losses[-100:],
                 "versions": _versions(),
             })
             st.commit_dir(tmp, target)
@@ -595,7 +600,8 @@ class Trainer:
             acc.scaler.load_state_dict(data["grad_scaler"])
         st.load_rng(folder / st.rng_name(acc.process_index))
         self.step, self.epoch, self.batch_in_epoch = data["step"], data["epoch"], data["batch_in_epoch"]
-        self.skips.update(data.get("skipped", {}))
+        if acc.is_main_process:  # the saved counts are the sum over processes: one process takes them back
+            self.skips.update(data.get("skipped", {}))
         self.losses = list(data.get("losses_tail", []))
         self.log(f"resumed at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch}), lr {self.optimizer.param_groups[0]['lr']:.3e}")
 
