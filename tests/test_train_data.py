@@ -194,6 +194,8 @@ def test_shapesworld_samples_are_a_function_of_the_index():
 
 def test_generic_dataset_and_stream_samples_are_checked():
     good = {"prompt": "x", "target": torch.rand(3, 40, 40)}
+    for other_layout in (torch.rand(40, 40, 3), (np.random.rand(40, 40, 3) * 255).astype(np.uint8), Image.new("RGB", (40, 40))):
+        assert SampleDataset([{"prompt": "x", "target": other_layout}], "t2i", [(32, 32)])[0]["target"].shape == (3, 32, 32)
     items = [good, {"prompt": 3, "target": torch.rand(3, 8, 8)}, {"target": torch.rand(3, 8, 8)}, "nonsense"]
     ds = SampleDataset(items, "t2i", [(32, 32)])
     out = [ds[i] for i in range(4)]

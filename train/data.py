@@ -73,9 +73,9 @@ def check_sample(sample: Any) -> dict[str, Any]:
         raise ValueError(f"sample lacks {missing} (has {sorted(sample)})")
     if not isinstance(sample["prompt"], str):
         raise ValueError(f"sample prompt must be a str, got {type(sample['prompt']).__name__}")
-    target = as_pixels(sample["target"], channels_last=False)[0] if isinstance(sample["target"], torch.Tensor) else as_pixels(sample["target"])[0]
-    images = sample.get("images") or []
-    images = [as_pixels(i, channels_last=False)[0] if isinstance(i, torch.Tensor) else as_pixels(i)[0] for i in images]
+    # Tensors may be [3, H, W] or [H, W, 3] (the layout is guessed); numpy arrays and PIL images are accepted too.
+    target = as_pixels(sample["target"])[0]
+    images = [as_pixels(i)[0] for i in (sample.get("images") or [])]
     return {"prompt": sample["prompt"], "target": target, "images": images}
 
 
