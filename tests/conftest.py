@@ -16,3 +16,14 @@ def tiny_model():
     from tiny_models import make_model
 
     return make_model()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models train several times faster on one thread than on two on a loaded 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -16,12 +16,7 @@ from hieraquery_core.tiny import tiny_config
 from train.train import TrainConfig, Trainer, main, train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_image(path, width, height, seed):

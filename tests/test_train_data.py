@@ -19,12 +19,7 @@ from train.optim import lr_curve, make_optimizer
 from train.shapesworld_data import ShapesWorldDataset, shapesworld_stream
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
