@@ -12,6 +12,8 @@ step ``i`` (0-based) of ``T`` is exactly the paper's "from 1e-6 up to 5e-5 and b
 Optimizer: ``torch.optim.AdamW`` with betas (0.9, 0.95) and weight decay 0.1 (MetaQuery's recipe),
 decay applied as transformers' ``Trainer`` does (not to biases and norm weights, found with
 ``transformers.trainer_pt_utils.get_parameter_names``). The frozen MLLM (and VAE) are never given to it.
+The fused implementation is used (CPU and CUDA): bench/ measured the optimizer step at 10.1% of a
+medium training step unfused and 2.5% fused (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def make_optimizer(model: nn.Module, lr: float = 5e-5, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8) -> torch.optim.AdamW:
     """AdamW over everything trainable (the MLLM is frozen by the model itself)."""
-    return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
+    return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, fused=True)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, min_lr: float = 1e-6):

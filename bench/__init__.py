@@ -1,0 +1,1 @@
+"""Benchmarks of the HieraQuery cascade: ``python -m bench.run`` (see BENCHMARKS.md)."""
