@@ -32,5 +32,6 @@ def build_word_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
         unk_token=UNK,
         additional_special_tokens=VISION_TOKENS,
         padding_side="left",
+        clean_up_tokenization_spaces=True,  # decode "circle , outline" as "circle, outline"
     )
     return tokenizer

@@ -44,3 +44,4 @@ def test_single_scale_is_the_same_module():
     single = MultiScaleQueries([ScaleSpec((16, 21), 1.0)], 8)
     assert single.sequence_length == 336 + 2
     assert len(single.split(torch.zeros(1, 338, 8))) == 1
+
