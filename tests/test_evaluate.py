@@ -1,0 +1,89 @@
+"""The evaluator harness (train/evaluate.py), the bundled demo checkpoint and the ablation runner's configs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hieraquery_core.backbones import build_mllm
+from hieraquery_core.checkpoint import bundled_demo, load_checkpoint
+from hieraquery_core.config import BackboneSpec, HieraQueryConfig
+from hieraquery_core.model import HieraQuery
+from hieraquery_core.pipeline import HieraQueryPipeline, SamplingOptions
+from hieraquery_core.shapesworld import heldout_prompts
+from hieraquery_core.tiny import tiny_config
+from train.ablations import VARIANTS, variant_config
+from train.evaluate import EvalSettings, evaluate_ground_truth, evaluate_model, heldout_edits, score_generations
+from train.make_demo import CONFIG
+from train.shapesworld_mllm import ASSET_DIR
+
+
+def test_ground_truth_images_score_one_everywhere():
+    report = evaluate_ground_truth(EvalSettings(n=12, n_edits=8))
+    assert report["geneval"]["overall"] == 1.0
+    assert set(report["geneval"]) == {"single_object", "two_object", "counting", "colors", "position", "color_attr", "overall"}
+    assert report["overall_by_scale"]["32"] == report["overall_by_scale"]["64"] == 1.0
+    assert report["cross_scale_consistency"] == pytest.approx(1.0)
+    assert report["edit_accuracy"]["overall"] == 1.0
+
+
+def test_blank_and_shuffled_images_score_low():
+    prompts = heldout_prompts(12)
+    blank = [np.full((64, 64, 3), 255, np.uint8)] * 12
+    assert score_generations(prompts, [blank])["geneval"]["overall"] == 0.0
+    gt = evaluate_ground_truth(EvalSettings(n=12, n_edits=0))
+    assert gt["geneval"]["overall"] == 1.0
+    noise = [np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8) for i in range(12)]
+    assert score_generations(prompts, [noise[:12], noise[::-1]])["cross_scale_consistency"] < 0.7
+
+
+def test_random_model_scores_low_and_the_report_is_complete():
+    torch.manual_seed(0)
+    model = HieraQuery.from_config(tiny_config(image_size=64)).eval()
+    report = evaluate_model(model, EvalSettings(n=6, n_edits=4, batch=6, steps=2))
+    assert report["geneval"]["overall"] < 0.35
+    assert report["edit_accuracy"]["overall"] < 0.5
+    assert set(report["overall_by_scale"]) == {"16", "32", "64"}
+    assert 0.0 <= report["cross_scale_consistency"] <= 1.0
+
+
+def test_heldout_edits_are_deterministic_and_cover_every_kind():
+    first, second = heldout_edits(40), heldout_edits(40)
+    assert [t.instruction for t in first] == [t.instruction for t in second]
+    assert {t.kind for t in first} == {"recolor", "remove", "add", "restyle"}
+
+
+@pytest.mark.skipif(bundled_demo() is None, reason="the demo checkpoint is not trained yet (python -m train.make_demo)")
+def test_bundled_demo_generates_every_scale_at_its_size_and_keeps_the_mllm_frozen():
+    model = load_checkpoint(bundled_demo())
+    out = HieraQueryPipeline(model).generate(["a red circle", "two squares"], seed=0, options=SamplingOptions(steps=2))
+    assert [tuple(img.shape) for img in out.images] == [(2, 3, 16, 16), (2, 3, 32, 32), (2, 3, 64, 64)]
+    frozen = build_mllm(BackboneSpec("qwen2_5_vl", path=str(ASSET_DIR))).model.state_dict()
+    embedded = model.mllm.model.state_dict()
+    assert embedded.keys() == frozen.keys() and all(torch.equal(embedded[k], frozen[k]) for k in frozen), "training changed the frozen MLLM"
+    answer = model.mllm.describe(torch.ones(1, 3, 64, 64), ["how many circles are there"], max_new_tokens=3)[0]
+    assert answer in ("zero", "one", "two", "three", "four")
+
+
+def test_ablation_variants_have_the_papers_scale_sets_and_query_counts():
+    base = HieraQueryConfig.load(CONFIG)
+    by_name = {v.name: v for v in VARIANTS}
+    expected = {
+        "single-256": ([(16, 16)], [1.0], 256, 0.0),
+        "single-336": ([(16, 21)], [1.0], 336, 0.0),
+        "multi": ([(4, 4), (8, 8), (16, 16)], [0.25, 0.5, 1.0], 336, 0.0),
+        "multi+align": ([(4, 4), (8, 8), (16, 16)], [0.25, 0.5, 1.0], 336, 0.5),
+        "1.0x+align": ([(16, 16)], [1.0], 256, 0.5),
+        "0.25x+1.0x+align": ([(4, 4), (16, 16)], [0.25, 1.0], 272, 0.5),
+        "0.5x+1.0x+align": ([(8, 8), (16, 16)], [0.5, 1.0], 320, 0.5),
+    }
+    assert set(by_name) == set(expected)
+    for name, (grids, resolutions, queries, weight) in expected.items():
+        config = variant_config(base, by_name[name])
+        assert [s.grid for s in config.scales] == grids and [s.resolution for s in config.scales] == resolutions
+        assert config.num_queries == by_name[name].num_queries == queries
+        assert config.alignment.weight == weight
+        assert config.dit == base.dit and config.connector == base.connector and config.mllm == base.mllm
+        HieraQueryConfig.from_dict(config.to_dict())
+    assert [s.grid for s in base.scales] == [(4, 4), (8, 8), (16, 16)]

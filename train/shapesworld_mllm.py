@@ -1,0 +1,181 @@
+"""ShapesWorld's frozen MLLM: a small Qwen2.5-VL pretrained once on captions and questions.
+
+The paper (section 3, Eq. 4; section 4.2) keeps a pretrained MLLM frozen and reads its hidden states at the
+learnable query positions; its vision encoder is the target of the representation alignment (section 3.2).
+ShapesWorld has no pretrained MLLM, so this module makes one: transformers' ``Qwen2_5_VLForConditionalGeneration``
+(built through :func:`hieraquery_core.backbones.build_mllm` with a word tokenizer over the world's vocabulary)
+trained with next-token loss on the answer tokens given image + question, where the question is either one
+of the three ShapesWorld questions or "describe the image" (answer: the caption). This is *not* a HieraQuery
+stage: it happens once, before, and the result is saved as a Hugging Face folder and then frozen.
+
+    python -m train.shapesworld_mllm --steps 3000 --out hieraquery_core/assets/shapesworld-mllm
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hieraquery_core.backbones import build_mllm
+from hieraquery_core.config import BackboneSpec
+from hieraquery_core.mllm import FrozenMLLM
+from hieraquery_core.shapesworld import render, sample_caption, sample_question
+from hieraquery_core.shapesworld.understanding import parse_question
+from hieraquery_core.tiny import TINY_VOCABULARY
+
+DESCRIBE = "describe the image"
+"""The captioning question (the caption is the canonical prompt, spec "Understanding")."""
+ASSET_DIR = Path(__file__).resolve().parents[1] / "hieraquery_core" / "assets" / "shapesworld-mllm"
+TRAIN_SEED, EVAL_SEED = 1, 0x45564C  # separate random streams: evaluation scenes are never trained on
+
+
+def shapesworld_mllm_spec(width: int = 128, layers: int = 4, vision_width: int = 64, vision_depth: int = 3, patch: int = 8) -> BackboneSpec:
+    """A Qwen2.5-VL sized for 64x64 ShapesWorld images (patch 8, merge 2 -> a 4x4 grid of image tokens)."""
+    heads = max(2, width // 32)
+    half = width // heads // 2
+    spatial = (half - half // 4) // 2
+    mrope = [half - 2 * spatial, spatial, spatial]  # temporal, height, width sections of the rotary half-dimension
+    text = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=2,
+                max_position_embeddings=512, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope})
+    vision = dict(depth=vision_depth, hidden_size=vision_width, intermediate_size=2 * vision_width, num_heads=2, out_hidden_size=width, patch_size=patch,
+                  spatial_merge_size=2, temporal_patch_size=2, window_size=64, fullatt_block_indexes=list(range(vision_depth)))
+    return BackboneSpec("qwen2_5_vl", config={"text_config": text, "vision_config": vision}, options={"vocabulary": list(TINY_VOCABULARY), "image_pixels": 64 * 64})
+
+
+def pixels_of(scenes) -> torch.Tensor:
+    """Rendered scenes as float [B, 3, 64, 64] in [0, 1]."""
+    return torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float() / 255.0
+
+
+def sample_examples(rng: np.random.Generator, n: int, caption_fraction: float = 0.4) -> tuple[list, list[str], list[str]]:
+    """``n`` (scene, question, answer) examples: captions ("describe the image") and the three question kinds."""
+    scenes, questions, answers = [], [], []
+    for _ in range(n):
+        if rng.random() < caption_fraction:
+            scene, text = sample_caption(rng)
+            scenes.append(scene), questions.append(DESCRIBE), answers.append(text)
+        else:
+            scene, question, answer = sample_question(rng)
+            scenes.append(scene), questions.append(question), answers.append(answer)
+    return scenes, questions, answers
+
+
+def detokenize(text: str) -> str:
+    """The word tokenizer decodes with a space before punctuation ("circle , outline style"); captions have none."""
+    return text.replace(" ,", ",")
+
+
+def answer_loss(mllm: FrozenMLLM, pixels: torch.Tensor, questions: list[str], answers: list[str]) -> torch.Tensor:
+    """Next-token cross-entropy on the answer tokens and the end token, given image + question.
+
+    The processor left-pads, so every sample's answer (plus end token) occupies its last positions.
+    """
+    eos = mllm.tokenizer.eos_token
+    texts = [f"{q} {a}{eos}" for q, a in zip(questions, answers)]
+    inputs = mllm.tokenize(texts, [[img] for img in pixels])
+    ids = inputs["input_ids"]
+    labels = torch.full_like(ids, -100)
+    for i, answer in enumerate(answers):
+        n = len(mllm.tokenizer(answer, add_special_tokens=False)["input_ids"]) + 1
+        labels[i, -n:] = ids[i, -n:]
+    return mllm.model(**inputs, labels=labels).loss
+
+
+@torch.no_grad()
+def evaluate_mllm(mllm: FrozenMLLM, n: int = 300, seed: int = EVAL_SEED, batch: int = 50) -> dict[str, float]:
+    """Caption exact match and question accuracy (overall and per kind) on scenes never trained on."""
+    rng = np.random.default_rng([seed, 7])
+    correct: dict[str, list[bool]] = defaultdict(list)
+    for start in range(0, n, batch):
+        scenes, questions, answers = sample_examples(rng, min(batch, n - start), caption_fraction=0.5)
+        replies = mllm.describe(pixels_of(scenes), questions, max_new_tokens=24)
+        for q, a, r in zip(questions, answers, replies):
+            kind = "caption" if q == DESCRIBE else parse_question(q).kind
+            correct[kind].append(detokenize(r) == a)
+    result = {k: float(np.mean(v)) for k, v in sorted(correct.items())}
+    question_hits = [x for k, v in correct.items() if k != "caption" for x in v]
+    result["question_accuracy"] = float(np.mean(question_hits))
+    result["caption_exact_match"] = result.pop("caption")
+    result["n"] = n
+    return result
+
+
+def pretrain(mllm: FrozenMLLM, steps: int, batch: int = 32, lr: float = 2e-3, seed: int = TRAIN_SEED, log_every: int = 50,
+             checkpoint_every: int = 0, out: Path | None = None) -> list[float]:
+    """AdamW with warm-up and cosine decay on freshly sampled ShapesWorld examples; returns the loss curve."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng([seed, 3])
+    params = [p for p in mllm.model.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    mllm.model.train()
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = max(1, min(100, steps // 10))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps)))))
+    losses, start = [], time.time()
+    for step in range(steps):
+        scenes, questions, answers = sample_examples(rng, batch)
+        loss = answer_loss(mllm, pixels_of(scenes), questions, answers)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if log_every and (step + 1) % log_every == 0:
+            print(f"step {step + 1}/{steps} loss {np.mean(losses[-log_every:]):.4f} ({time.time() - start:.0f}s)", flush=True)
+        if out is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
+            save_mllm(mllm, out)
+            mllm.model.train()
+    for p in params:
+        p.requires_grad_(False)
+    mllm.model.eval()
+    return losses
+
+
+def save_mllm(mllm: FrozenMLLM, out: Path) -> None:
+    """A Hugging Face folder (safetensors weights + processor with the word tokenizer), written atomically."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    mllm.model.save_pretrained(tmp, safe_serialization=True)
+    mllm.processor.save_pretrained(tmp)
+    if out.exists():
+        for f in out.iterdir():
+            f.unlink()
+        out.rmdir()
+    tmp.rename(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--eval-n", type=int, default=300)
+    parser.add_argument("--out", type=Path, default=ASSET_DIR)
+    parser.add_argument("--resume", type=Path, help="continue from this saved MLLM folder instead of a random init")
+    parser.add_argument("--seed", type=int, default=TRAIN_SEED)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    spec = BackboneSpec("qwen2_5_vl", path=str(args.resume)) if args.resume else shapesworld_mllm_spec(width=args.width, layers=args.layers)
+    mllm = build_mllm(spec)
+    pretrain(mllm, args.steps, batch=args.batch, lr=args.lr, seed=args.seed, checkpoint_every=500, out=args.out)
+    save_mllm(mllm, args.out)
+    scores = evaluate_mllm(mllm, n=args.eval_n)
+    (args.out / "understanding_scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    print(json.dumps(scores, indent=2), flush=True)
+
+
+if __name__ == "__main__":
+    main()
