@@ -21,6 +21,7 @@ import copy
 import os
 import shutil
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -96,8 +97,13 @@ def check_checkpoint_folder(directory: str | Path) -> Path:
         else:
             raise HieraQueryError(f"{path} is a file; a HieraQuery checkpoint is a folder holding {CONFIG_NAME} and {WEIGHTS_NAME}")
     require(path.is_dir(), f"checkpoint folder {path} does not exist; check the path (or put the checkpoint under models/hieraquery/)")
+    require(
+        (path / CONFIG_NAME).is_file() or not (path / "model_index.json").is_file(),
+        f"{path} holds a diffusers pipeline (model_index.json), not a HieraQuery checkpoint; choose a folder saved by hieraquery_core ({CONFIG_NAME} + {WEIGHTS_NAME})",
+    )
     require((path / CONFIG_NAME).is_file(), f"{path} has no {CONFIG_NAME}; it is not a HieraQuery checkpoint (was it saved by hieraquery_core.save_checkpoint?)")
     if not (path / WEIGHTS_NAME).is_file():
+        HieraQueryConfig.load(path / CONFIG_NAME)  # the config.json of another kind of model says so, rather than "incomplete"
         pickled = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
         hint = f" (found pickle files {pickled}, which are never loaded)" if pickled else ""
         raise HieraQueryError(f"{path} has no {WEIGHTS_NAME}{hint}; the checkpoint is incomplete, copy it again")
@@ -128,10 +134,32 @@ def load_own_weights(model: HieraQuery, weights: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> HieraQuery:
-    """Load a checkpoint folder saved by :func:`save_checkpoint` (no network, no pickle)."""
+def locate_backbones(config: HieraQueryConfig, checkpoint_dir: Path, backbone_dirs: Mapping[str, Sequence[str | Path]]) -> None:
+    """Point relative backbone paths that are not inside the checkpoint at the first search folder holding them.
+
+    ``backbone_dirs`` maps "mllm", "dit" and "codec" to folders to search (e.g. ComfyUI's
+    models/text_encoders, models/diffusion_models, models/vae), so one shared copy of a multi-GB backbone
+    serves several checkpoints. Paths found nowhere are left as they are (loading names the missing folder).
+    """
+    for key in ("mllm", "dit", "codec"):
+        spec = getattr(config, key)
+        if not spec.path or Path(spec.path).is_absolute() or (checkpoint_dir / spec.path).exists():
+            continue
+        found = next((Path(d) / spec.path for d in backbone_dirs.get(key, ()) if (Path(d) / spec.path).is_dir()), None)
+        if found is not None:
+            spec.path = str(found.absolute())
+
+
+def load_checkpoint(
+    directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, backbone_dirs: Mapping[str, Sequence[str | Path]] | None = None
+) -> HieraQuery:
+    """Load a checkpoint folder saved by :func:`save_checkpoint` (no network, no pickle).
+
+    ``backbone_dirs``: extra folders where backbones named by relative paths may live (:func:`locate_backbones`).
+    """
     path = check_checkpoint_folder(directory)
     config = HieraQueryConfig.load(path / CONFIG_NAME)
+    locate_backbones(config, path, backbone_dirs or {})
     model = HieraQuery.from_config(config, base_dir=path)
     load_own_weights(model, path / WEIGHTS_NAME)
     model.source_dir = path

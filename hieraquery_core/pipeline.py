@@ -16,7 +16,9 @@ Choices the paper leaves open, written down here:
 - ``mode='ming'`` paints every scale at the full resolution and keeps them all (the last is the
   result), as Ming-Lite-Uni's inference does; it exists for comparison only.
 - Encoding (MLLM + connector) is separate from sampling: a new seed, step count or guidance value
-  re-uses an :class:`EncodedPrompt` without re-running the MLLM.
+  re-uses an :class:`EncodedPrompt` without re-running the MLLM. The two halves of encoding, the MLLM's
+  query states (Eq. 4, :meth:`HieraQueryPipeline.encode_states`) and the connector
+  (:meth:`HieraQueryPipeline.connect`), can also run apart, as the ComfyUI nodes do.
 """
 
 from __future__ import annotations
@@ -35,6 +37,20 @@ from .model import HieraQuery
 
 StepCallback = Callable[[int, int, int, torch.Tensor], None]
 """callback(scale_index, step, total_steps, latents), called after every step; may raise to interrupt."""
+
+
+@dataclass
+class QueryStates:
+    """The MLLM's hidden states at each scale's query positions ([B, N_k, d] per scale, Eq. 4), per guidance branch:
+    the prompt, the empty prompt (with a black image when editing) and, when editing, the empty prompt with the image."""
+
+    cond: list[torch.Tensor]
+    uncond: list[torch.Tensor] | None = None
+    image_only: list[torch.Tensor] | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.cond[0].shape[0]
 
 
 @dataclass
@@ -98,6 +114,11 @@ class HieraQueryPipeline:
 
         With ``guidance`` the empty-prompt (and empty-prompt-with-image) branches are encoded too.
         """
+        return self.connect(self.encode_states(prompts, images, guidance))
+
+    @torch.no_grad()
+    def encode_states(self, prompts: str | Sequence[str], images: torch.Tensor | Sequence | None = None, guidance: bool = True) -> QueryStates:
+        """Eq. 4 alone: the frozen MLLM's query states of every guidance branch (see :meth:`encode`)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         require(len(prompts) > 0, "no prompt was given")
         image_lists = None
@@ -108,14 +129,25 @@ class HieraQueryPipeline:
             require(pixels.shape[0] == len(prompts), f"got {pixels.shape[0]} images for {len(prompts)} prompts; give one image per prompt, or one for all")
             image_lists = [[img] for img in pixels]
         model = self.model
-        cond = model.condition(model.encode(prompts, image_lists))
+        cond = model.encode(prompts, image_lists)
         if not guidance:
-            return EncodedPrompt(cond)
+            return QueryStates(cond)
         empty = [""] * len(prompts)
         if image_lists is None:
-            return EncodedPrompt(cond, uncond=model.condition(model.encode(empty)))
+            return QueryStates(cond, uncond=model.encode(empty))
         black = [[torch.zeros_like(imgs[0])] for imgs in image_lists]
-        return EncodedPrompt(cond, uncond=model.condition(model.encode(empty, black)), image_only=model.condition(model.encode(empty, image_lists)))
+        return QueryStates(cond, uncond=model.encode(empty, black), image_only=model.encode(empty, image_lists))
+
+    @torch.no_grad()
+    def connect(self, states: QueryStates) -> EncodedPrompt:
+        """Eq. 5's g_theta alone: every branch's query states -> per-scale DiT conditions."""
+        require(len(states.cond) == len(self.model.config.scales), f"these query states have {len(states.cond)} scales but the model has {len(self.model.config.scales)}; encode with this model")
+        condition = self.model.condition
+        return EncodedPrompt(
+            condition(states.cond),
+            uncond=condition(states.uncond) if states.uncond is not None else None,
+            image_only=condition(states.image_only) if states.image_only is not None else None,
+        )
 
     def _branches(self, encoded: EncodedPrompt, k: int, guidance: float, image_guidance: float) -> tuple[list[ScaleCondition], Callable[[list[torch.Tensor]], torch.Tensor]]:
         """The conditions to batch through the DiT for scale k, and how to combine their velocities."""
@@ -146,6 +178,24 @@ class HieraQueryPipeline:
         ``init`` (pixels in [0, 1], any size) with ``strength`` < 1 starts from that image re-noised:
         the alignment-aware refinement from the previous scale.
         """
+        return self.decode(self.sample_scale_latents(encoded, k, size, seed, steps, guidance, image_guidance, init, strength, images_per_prompt, callback))
+
+    @torch.no_grad()
+    def sample_scale_latents(
+        self,
+        encoded: EncodedPrompt,
+        k: int,
+        size: tuple[int, int],
+        seed: int,
+        steps: int = 20,
+        guidance: float = 4.0,
+        image_guidance: float = 1.5,
+        init: torch.Tensor | None = None,
+        strength: float = 1.0,
+        images_per_prompt: int = 1,
+        callback: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """:meth:`sample_scale` without the final decode: the codec's latents [B, C, h/f, w/f] (float32)."""
         model = self.model
         require(0 <= k < encoded.num_scales, f"scale {k} does not exist; this model has scales 0..{encoded.num_scales - 1}")
         require(steps >= 1, f"steps must be at least 1, got {steps}")
@@ -155,7 +205,7 @@ class HieraQueryPipeline:
         batch = conditions[0].tokens.shape[0]
         factor = model.codec.downsample
         shape = (batch, model.codec.channels, size[0] // factor, size[1] // factor)
-        generator = torch.Generator("cpu").manual_seed(int(seed) + k)
+        generator = torch.Generator("cpu").manual_seed((int(seed) + k) % 2**64)  # any 64-bit seed, as ComfyUI draws them
         noise = randn_tensor(shape, generator=generator, device=model.device, dtype=torch.float32)
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
         scheduler.set_timesteps(steps, device=model.device)
@@ -175,11 +225,11 @@ class HieraQueryPipeline:
             latents = scheduler.step(combine(list(velocity.chunk(len(conditions)))), t, latents, return_dict=False)[0]
             if callback is not None:
                 callback(k, i + 1, len(timesteps), latents)
-        return self.decode(latents)
+        return latents
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> pixels in [0, 1] (also used for step previews)."""
-        return to_unsigned(self.model.codec.decode(latents.to(self.model.dtype if self.model.codec.vae is None else self.model.codec.vae.dtype)).float())
+        return to_unsigned(self.model.codec.decode(latents).float())
 
     @torch.no_grad()
     def sample(self, encoded: EncodedPrompt, seed: int, options: SamplingOptions | None = None, callback: StepCallback | None = None) -> PipelineOutput:

@@ -15,18 +15,21 @@ import os
 import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
-#: Folder under ComfyUI's models/ (and key in folder_paths.folder_names_and_paths) that holds
-#: HieraQuery checkpoints.  Users may declare more locations for it in extra_model_paths.yaml.
-MODEL_FOLDER = "hieraquery"
+# MODEL_FOLDER: folder under ComfyUI's models/ (and key in folder_paths.folder_names_and_paths) that
+# holds HieraQuery checkpoints.  Users may declare more locations for it in extra_model_paths.yaml.
+from .comfy_runtime import MODEL_FOLDER
+from .loader import HieraQueryLoader
+from .stages import HieraQueryConnector, HieraQueryQueryEncode, HieraQueryScaleSampler
+from .tasks import HieraQueryDescribe, HieraQueryEdit, HieraQueryGenerate, HieraQueryStyleTransfer
 
 
 def node_classes() -> list[type[io.ComfyNode]]:
-    """Every node class this pack provides.  Empty until the nodes are written.
-
-    Import node modules here (relative imports, e.g. ``from .loader import HQModelLoader``) so
-    that a failing node module shows up as an import failure of the pack in ComfyUI's log.
-    """
-    return []
+    """Every node class this pack provides (a failing node module fails the pack's import, visibly)."""
+    return [
+        HieraQueryLoader,
+        HieraQueryQueryEncode, HieraQueryConnector, HieraQueryScaleSampler,
+        HieraQueryGenerate, HieraQueryEdit, HieraQueryStyleTransfer, HieraQueryDescribe,
+    ]
 
 
 def register_model_folder() -> None:

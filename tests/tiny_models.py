@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # tiny models are per-call overhead: one thread is fastest, and much faster on a shared machine
 
 from hieraquery_core.model import HieraQuery
 from hieraquery_core.tiny import tiny_config

@@ -24,6 +24,9 @@ if str(TESTS_DIR) not in sys.path:  # tests/comfyui_harness.py; the test modules
     sys.path.insert(0, str(TESTS_DIR))
 
 import comfyui_harness as harness  # noqa: E402
+# Session fixtures of the HieraQuery node tests (checkpoints in the server's models folder); defined in
+# a conftest so that every test module shares one instance.
+from hq_checkpoints import demo_checkpoint, tiny_checkpoint  # noqa: E402,F401
 
 _SERVER: "harness.ComfyUIServer | None" = None
 
@@ -49,7 +52,9 @@ def comfy_server(tmp_path_factory) -> "harness.ComfyUIServer":
     scratch = Path(os.environ.get("HQ_COMFY_SCRATCH") or tmp_path_factory.mktemp("comfyui"))
     comfy_dir = harness.prepare_comfyui(
         scratch, {harness.PACK_FOLDER: harness.REPO_ROOT, harness.FIXTURE_PACK_FOLDER: harness.FIXTURE_PACK_DIR})
-    server = harness.ComfyUIServer(comfy_dir, scratch / "run")
+    # One compute thread (HQ_COMFY_THREADS to change): on a small shared machine torch's spinning
+    # OpenMP threads make the real HieraQuery nodes ~30x slower when the cores are oversubscribed.
+    server = harness.ComfyUIServer(comfy_dir, scratch / "run", env={"OMP_NUM_THREADS": os.environ.get("HQ_COMFY_THREADS", "1")})
     try:
         server.start(timeout=float(os.environ.get("HQ_COMFY_START_TIMEOUT", "180")))
     except harness.ComfyStartError as exc:
