@@ -159,26 +159,12 @@ class HieraQueryPipeline:
         return [encoded.uncond[k], encoded.image_only[k], cond], lambda v: v[0] + image_guidance * (v[1] - v[0]) + guidance * (v[2] - v[1])
 
     @torch.no_grad()
-    def sample_scale(
-        self,
-        encoded: EncodedPrompt,
-        k: int,
-        size: tuple[int, int],
-        seed: int,
-        steps: int = 20,
-        guidance: float = 4.0,
-        image_guidance: float = 1.5,
-        init: torch.Tensor | None = None,
-        strength: float = 1.0,
-        images_per_prompt: int = 1,
-        callback: StepCallback | None = None,
-    ) -> torch.Tensor:
+    def sample_scale(self, encoded: EncodedPrompt, k: int, size: tuple[int, int], seed: int, **options) -> torch.Tensor:
         """Paint scale k at ``size`` (pixels); returns images [B * images_per_prompt, 3, h, w] in [0, 1].
 
-        ``init`` (pixels in [0, 1], any size) with ``strength`` < 1 starts from that image re-noised:
-        the alignment-aware refinement from the previous scale.
+        ``options`` are those of :meth:`sample_scale_latents` (steps, guidance, init, strength, ...).
         """
-        return self.decode(self.sample_scale_latents(encoded, k, size, seed, steps, guidance, image_guidance, init, strength, images_per_prompt, callback))
+        return self.decode(self.sample_scale_latents(encoded, k, size, seed, **options))
 
     @torch.no_grad()
     def sample_scale_latents(
@@ -195,7 +181,11 @@ class HieraQueryPipeline:
         images_per_prompt: int = 1,
         callback: StepCallback | None = None,
     ) -> torch.Tensor:
-        """:meth:`sample_scale` without the final decode: the codec's latents [B, C, h/f, w/f] (float32)."""
+        """Denoise scale k at ``size`` (pixels): the codec's latents [B * images_per_prompt, C, h/f, w/f] (float32).
+
+        ``init`` (pixels in [0, 1], any size) with ``strength`` < 1 starts from that image re-noised:
+        the alignment-aware refinement from the previous scale.
+        """
         model = self.model
         require(0 <= k < encoded.num_scales, f"scale {k} does not exist; this model has scales 0..{encoded.num_scales - 1}")
         require(steps >= 1, f"steps must be at least 1, got {steps}")
