@@ -22,15 +22,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_stay_in_sync_and_resume_exactly(tmp_path):
-    tiny_config("sana", "qwen2_5_vl", "pixel").save(tmp_path / "cfg.json")
+def launch_two_cpu_processes(*program: str) -> subprocess.CompletedProcess:
+    """``accelerate launch`` with the shipped ddp.yaml, two CPU processes (gloo), one thread each; ``program``: a script and
+    its arguments, or ``-m module ...``. Returns the finished launch (stdout and stderr captured)."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "train" / "accelerate" / "ddp.yaml"),
-               "--num_processes", "2", "--mixed_precision", "no", "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
-               str(ROOT / "tests" / "train_ddp_script.py"), str(tmp_path)]
+               "--num_processes", "2", "--mixed_precision", "no", "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()), *program]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_two_processes_stay_in_sync_and_resume_exactly(tmp_path):
+    tiny_config("sana", "qwen2_5_vl", "pixel").save(tmp_path / "cfg.json")
     started = time.time()
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = launch_two_cpu_processes(str(ROOT / "tests" / "train_ddp_script.py"), str(tmp_path))
     wall = time.time() - started
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     result = json.loads((tmp_path / "result.json").read_text())

@@ -14,8 +14,10 @@ Table 4 (scale combinations, with alignment as in the full method):
 
     python -m train.ablations --budget-steps 300 --seeds 3 --out results/ablations.md
 
-Runs are resumable: each (variant, seed) writes ``runs/ablations/<variant>-s<seed>/result.json`` and is skipped
-when that file exists.
+Each (variant, seed) is one run of the trainer (:func:`train.train.train`, stage ``t2i`` on ShapesWorld, the
+demo recipe of :func:`train.make_demo.stage_config`) in ``runs/ablations/steps<N>-batch<B>/<variant>-s<seed>``.
+Runs are resumable: a finished run's ``result.json`` is reused, an interrupted one continues from its newest
+checkpoint. Under ``accelerate launch`` every process trains and the main process scores and writes the report.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hieraquery_core.checkpoint import load_checkpoint
 from hieraquery_core.config import HieraQueryConfig, ScaleSpec
-from hieraquery_core.model import HieraQuery
 from hieraquery_core.shapesworld import CATEGORIES
 from train.evaluate import EvalSettings, evaluate_model
-from train.make_demo import CONFIG, ROOT, train_stage
+from train.make_demo import CONFIG, ROOT, add_eval_arguments, add_recipe_arguments, demo_config, eval_settings, launch_state, stage_config
+from train.train import quiet_libraries, train
 
 DEMO_ALIGNMENT_WEIGHT = 0.5
 
@@ -80,21 +83,22 @@ def variant_config(base: HieraQueryConfig, variant: Variant) -> HieraQueryConfig
     return config
 
 
-def run_variant(variant: Variant, seed: int, base: HieraQueryConfig, steps: int, batch: int, lr: float, settings: EvalSettings, runs: Path) -> dict:
-    """Train one (variant, seed) text-to-image for ``steps`` x ``batch`` and score it; cached in result.json."""
+def run_variant(variant: Variant, seed: int, base: HieraQueryConfig, args: argparse.Namespace, settings: EvalSettings, runs: Path, state) -> dict | None:
+    """Train one (variant, seed) text-to-image for ``args.budget_steps`` x ``args.batch`` and score it (main process;
+    the others get None); cached in result.json."""
     out = runs / f"{variant.name}-s{seed}"
     result_file = out / "result.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
     start = time.time()
-    torch.manual_seed(seed)
-    model = HieraQuery.from_config(variant_config(base, variant), base_dir=ROOT)
-    train_stage(model, "t2i", steps, batch, lr, seed, save_every=steps, out=out)
-    with torch.inference_mode():
-        report = evaluate_model(model, settings)
-    report.update(variant=variant.name, seed=seed, num_queries=variant.num_queries, train_seconds=round(time.time() - start, 1))
-    out.mkdir(parents=True, exist_ok=True)
-    result_file.write_text(json.dumps(report, indent=2) + "\n")
+    result = train(stage_config("t2i", out, args.budget_steps, args.batch, args.lr, seed, args.save_every, config=variant_config(base, variant), resume=True))
+    report = None
+    if state.is_main_process:
+        with torch.inference_mode():
+            report = evaluate_model(load_checkpoint(result.final, device=state.device), settings)
+        report.update(variant=variant.name, seed=seed, num_queries=variant.num_queries, train_seconds=round(time.time() - start, 1))
+        result_file.write_text(json.dumps(report, indent=2) + "\n")
+    state.wait_for_everyone()
     return report
 
 
@@ -116,17 +120,17 @@ def table(results: dict[str, list[dict]], which: str) -> list[str]:
     return lines
 
 
-def write_report(results: dict[str, list[dict]], out: Path, command: str, steps: int, batch: int, settings: EvalSettings) -> None:
+def write_report(results: dict[str, list[dict]], out: Path, command: str, steps: int, batch: int, processes: int, settings: EvalSettings) -> None:
     minutes = sum(r["train_seconds"] for runs in results.values() for r in runs) / 60
     lines = [
         "# HieraQuery ablations on ShapesWorld (paper Tables 3 and 4 in miniature)",
         "",
         f"Command: `{command}`",
         "",
-        f"Budget per run: {steps} text-to-image steps x batch {batch} ({steps * batch} images), demo architecture "
+        f"Budget per run: {steps} text-to-image steps x batch {batch} x {processes} process(es) ({steps * batch * processes} images), demo architecture "
         f"(`train/configs/shapesworld-demo.json`), frozen ShapesWorld MLLM. Scored on {settings.n} held-out prompts "
         f"({settings.steps} sampling steps per scale, guidance {settings.guidance}); mean ± standard deviation over seeds. "
-        f"Time, training + scoring, all runs: {minutes:.1f} min (2 shared CPU cores).",
+        f"Time, training + scoring, all runs: {minutes:.1f} min.",
         "",
         "Read a difference only where it exceeds the spread over seeds; with a budget of a few hundred images every "
         "variant still paints noise (GenEval 0) and only the cross-scale consistency moves.",
@@ -146,34 +150,34 @@ def write_report(results: dict[str, list[dict]], out: Path, command: str, steps:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget-steps", type=int, default=300)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser = argparse.ArgumentParser(prog="python -m train.ablations", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget-steps", type=int, default=300, help="text-to-image steps per run (default %(default)s)")
+    add_recipe_arguments(parser, save_every=100)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--eval-n", type=int, default=300)
-    parser.add_argument("--eval-steps", type=int, default=EvalSettings.steps)
-    parser.add_argument("--guidance", type=float, default=EvalSettings.guidance)
+    add_eval_arguments(parser)
     parser.add_argument("--variants", default=",".join(v.name for v in VARIANTS), help="comma-separated subset")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "ablations")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "ablations.md")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     chosen = args.variants.split(",")
     unknown = sorted(set(chosen) - {v.name for v in VARIANTS})
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {[v.name for v in VARIANTS]}")
-    base = HieraQueryConfig.load(CONFIG)
-    settings = EvalSettings(n=args.eval_n, n_edits=0, steps=args.eval_steps, guidance=args.guidance)
+    torch.set_num_threads(args.threads)
+    quiet_libraries()
+    state = launch_state()
+    base = demo_config(CONFIG)
+    settings = eval_settings(args, n_edits=0)
     runs = args.runs / f"steps{args.budget_steps}-batch{args.batch}"
     results: dict[str, list[dict]] = {}
     for variant in (v for v in VARIANTS if v.name in chosen):
         for seed in range(args.seeds):
-            report = run_variant(variant, seed, base, args.budget_steps, args.batch, args.lr, settings, runs)
+            report = run_variant(variant, seed, base, args, settings, runs, state)
+            if report is None:  # not the main process
+                continue
             results.setdefault(variant.name, []).append(report)
             print(f"{variant.name} seed {seed}: overall {report['geneval']['overall']:.3f}", flush=True)
-            write_report(results, args.out, "python -m train.ablations " + " ".join(sys.argv[1:] if argv is None else argv), args.budget_steps, args.batch, settings)
+            write_report(results, args.out, "python -m train.ablations " + " ".join(sys.argv[1:] if argv is None else argv), args.budget_steps, args.batch, state.num_processes, settings)
 
 
 if __name__ == "__main__":

@@ -2,118 +2,86 @@
 
     python -m train.make_demo                        # everything below (default budget 550,40,150)
     python -m train.make_demo --steps 4000,200,1500  # per-stage budgets (t2i, reconstruction, edit)
+    python -m train.make_demo --resume               # continue an interrupted run where it stopped
+    accelerate launch --config_file train/accelerate/ddp.yaml -m train.make_demo   # the same on several GPUs
 
 Steps (paper section 4.2, in miniature):
 
 0. the frozen MLLM: :mod:`train.shapesworld_mllm` pretrains a small Qwen2.5-VL on ShapesWorld captions and
-   questions once (skipped when ``hieraquery_core/assets/shapesworld-mllm`` exists);
-1. text-to-image pretraining on ``train_pairs`` (held-out prompts and scenes are never drawn);
+   questions once (only when the config's MLLM is ``hieraquery_core/assets/shapesworld-mllm`` and it is missing);
+1. text-to-image pretraining on ShapesWorld's training pairs (held-out prompts and scenes are never drawn);
 2. image reconstruction: empty prompt + the image as MLLM input -> the same image (the editing stage's
    image-only guidance branch, see ``train/data.py``);
-3. editing fine-tuning on edit triplets from a training stream (half of every batch stays text-to-image so
-   the short budget does not forget it).
+3. editing fine-tuning on ShapesWorld edit triplets.
 
-The MLLM is frozen throughout; the queries, connector, DiT and alignment projector train (AdamW, warm-up then
-cosine decay, as the paper). Each stage writes ``runs/demo/<stage>`` (resumable: a finished stage is skipped)
-and the latest weights are copied to ``hieraquery_core/assets/shapesworld-demo`` every ``--save-every`` steps,
-so partial progress is always a usable checkpoint. The architecture is ``train/configs/shapesworld-demo.json``.
+Every stage is one run of the trainer (:func:`train.train.train`, i.e. ``python -m train.train --stage S
+--data shapesworld``) in ``--runs/<stage>``, started from the previous stage's ``final/`` (``--init-from``). The
+MLLM is frozen throughout; the queries, connector, DiT and alignment projector train (AdamW without weight
+decay, gradients clipped at norm 1, linear warm-up from lr/10 over min(50, steps/10) steps, then a cosine back
+to lr/10). ``--resume`` skips the stages that have a ``final/`` and continues the interrupted one from its
+newest checkpoint (the trainer's exact resume).
+
+At the end the main process scores the final model on held-out prompts and edits (:mod:`train.evaluate`,
+written to ``--runs/eval.json``) and publishes it to ``hieraquery_core/assets/shapesworld-demo`` when it beats
+the checkpoint there (scored the same way, ``--runs/eval-published.json``) or when there is none;
+``--force-publish`` publishes regardless, ``--no-publish`` never. Under ``accelerate launch`` every process
+trains, only the main process pretrains the MLLM, evaluates and publishes, and the others wait for it. The
+architecture is ``train/configs/shapesworld-demo.json`` (backbone paths relative to the repository root).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
-import time
-from collections.abc import Callable, Iterator
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from hieraquery_core.checkpoint import load_checkpoint, save_checkpoint
+from hieraquery_core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint, replace_directory
 from hieraquery_core.config import HieraQueryConfig
-from hieraquery_core.model import HieraQuery, TrainingBatch
-from hieraquery_core.shapesworld import render, sample_edit, train_pairs
+from hieraquery_core.errors import HieraQueryError
 from train import shapesworld_mllm
+from train.data import STAGES
+from train.evaluate import EvalSettings, evaluate_model
+from train.train import TrainConfig, make_accelerator, quiet_libraries, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "train" / "configs" / "shapesworld-demo.json"
 ASSET = ROOT / "hieraquery_core" / "assets" / "shapesworld-demo"
-STAGES = ("t2i", "reconstruction", "edit")
-TRAIN_STREAM = 0x545241  # "TRA": training samples never share a stream with evaluation
+MIN_LR_FRACTION = 0.1
+"""The schedule starts and ends at lr x this."""
 
 
-def pixels(images: list[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+def demo_config(path: Path) -> HieraQueryConfig:
+    """The config at ``path`` with relative backbone paths made absolute against the repository root."""
+    config = HieraQueryConfig.load(path)
+    for spec in (config.mllm, config.dit, config.codec, config.connector):
+        if spec.path and not Path(spec.path).is_absolute():
+            spec.path = str(ROOT / spec.path)
+    return config
 
 
-def stage_batches(stage: str, batch: int, seed: int) -> Iterator[TrainingBatch]:
-    """Endless ShapesWorld batches for one stage (fresh samples every step)."""
-    rng = np.random.default_rng([seed, TRAIN_STREAM, STAGES.index(stage)])
-    pairs = train_pairs(rng)
-    while True:
-        prompts, targets, images = [], [], []
-        for i in range(batch):
-            if stage == "edit" and i % 2 == 0:
-                triplet = sample_edit(rng)
-                prompts.append(triplet.instruction), targets.append(render(triplet.target)), images.append([pixels([render(triplet.source)])[0]])
-                continue
-            _, prompt, scene = next(pairs)
-            image = render(scene)
-            prompts.append("" if stage == "reconstruction" else prompt), targets.append(image)
-            images.append([pixels([image])[0]] if stage == "reconstruction" else [])
-        yield TrainingBatch(prompts, pixels(targets), images if stage != "t2i" else None)
+def warmup_steps(steps: int) -> int:
+    """min(50, steps / 10); 0 for runs under 20 steps (a warm-up of one step would never reach the peak, see docs/training.md)."""
+    warmup = min(50, steps // 10)
+    return warmup if warmup >= 2 else 0
 
 
-def train_stage(model: HieraQuery, stage: str, steps: int, batch: int, lr: float, seed: int, save_every: int, out: Path,
-                on_save: Callable[[Path], None] | None = None) -> None:
-    """One stage: AdamW with linear warm-up and cosine decay to lr/10; saves ``out/latest`` every ``save_every`` steps
-    (then calls ``on_save`` with it) and ``out/final`` at the end."""
-    torch.manual_seed(seed)
-    model.train()
-    params = model.trainable_parameters()
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warmup = max(1, min(50, steps // 10))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
-    generator = torch.Generator().manual_seed(seed)
-    batches = stage_batches(stage, batch, seed)
-    start, recent = time.time(), []
-    for step in range(1, steps + 1):
-        loss = model.training_loss(next(batches), generator=generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.total.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        recent.append([loss.total.item(), *(f.item() for f in loss.flow), *(a.item() for a in loss.alignment)])
-        if step % 25 == 0:
-            print(f"[{stage}] step {step}/{steps} loss(total, flow per scale, align per scale) {np.round(np.mean(recent, 0), 4).tolist()} ({time.time() - start:.0f}s)", flush=True)
-            recent = []
-        if step % save_every == 0 or step == steps:
-            model.eval()
-            save_checkpoint(model, out / "latest")
-            if on_save is not None:
-                on_save(out / "latest")
-            model.train()
-    model.eval()
-    save_checkpoint(model, out / "final")
-    (out / "final" / "stage.json").write_text(json.dumps({"stage": stage, "steps": steps, "batch": batch, "lr": lr, "seed": seed}) + "\n")
+def stage_config(stage: str, out: Path, steps: int, batch: int, lr: float, seed: int, save_every: int, *,
+                 config: HieraQueryConfig | None = None, init_from: Path | None = None, resume: bool = False) -> TrainConfig:
+    """The trainer settings of one ShapesWorld stage with the demo recipe (see the module docstring)."""
+    return TrainConfig(stage=stage, out=str(out), config=config, init_from=None if init_from is None else str(init_from), data="shapesworld",
+                       steps=steps, batch_size=batch, lr=lr, min_lr=lr * MIN_LR_FRACTION, warmup=warmup_steps(steps), weight_decay=0.0,
+                       grad_clip=1.0, save_every=save_every, log_every=25, seed=seed, resume="latest" if resume else None)
 
 
-def publish(checkpoint: Path) -> None:
-    """Copy a checkpoint to the bundled asset folder (atomically: temp copy + rename)."""
-    tmp = ASSET.with_name(ASSET.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(checkpoint, tmp)
-    shutil.rmtree(ASSET, ignore_errors=True)
-    tmp.rename(ASSET)
-
-
-def build_model(config_path: Path) -> HieraQuery:
-    """The demo model: the frozen ShapesWorld MLLM (paths in the config are relative to the repository root)."""
-    return HieraQuery.from_config(HieraQueryConfig.load(config_path), base_dir=ROOT)
+def launch_state():
+    """This process's view of the launch (``is_main_process``, ``wait_for_everyone``, ``device``, ``print``): one
+    process, or one of several under ``accelerate launch``; the stages' trainers share accelerate's process state."""
+    return make_accelerator(TrainConfig())
 
 
 def pretrain_mllm(runs: Path) -> None:
@@ -124,42 +92,148 @@ def pretrain_mllm(runs: Path) -> None:
     shapesworld_mllm.main(["--resume", str(phase1), "--steps", "1200", "--lr", "1e-3", "--seed", "2", "--out", str(shapesworld_mllm.ASSET_DIR)])
 
 
-def run(steps: list[int], batch: int, lr: float, seed: int, save_every: int, runs: Path, config: Path, threads: int, publish_to_assets: bool = True) -> None:
-    if not (shapesworld_mllm.ASSET_DIR / "model.safetensors").is_file():
-        pretrain_mllm(runs)
-    torch.set_num_threads(threads)
+def needs_mllm(config: HieraQueryConfig) -> bool:
+    """Whether ``config`` uses the ShapesWorld MLLM asset and it has not been trained yet."""
+    return bool(config.mllm.path) and Path(config.mllm.path).resolve() == shapesworld_mllm.ASSET_DIR.resolve() \
+        and not (shapesworld_mllm.ASSET_DIR / "model.safetensors").is_file()
+
+
+def train_stages(args: argparse.Namespace, config: HieraQueryConfig, state) -> Path | None:
+    """Run the stages with a non-zero budget, each from the previous one's model; returns the last ``final/``."""
     previous: Path | None = None
-    for stage, n in zip(STAGES, steps):
-        out = runs / stage
-        if (out / "final" / "stage.json").is_file():
-            print(f"[{stage}] already trained ({out / 'final'}), skipping", flush=True)
-        elif n > 0:
-            model = load_checkpoint(previous) if previous is not None else build_model(config)
-            train_stage(model, stage, n, batch, lr, seed, save_every, out, on_save=publish if publish_to_assets else None)
-        else:
+    for stage, steps in zip(STAGES, args.steps):
+        if steps == 0:
             continue
-        previous = out / "final"
-    if previous is not None and publish_to_assets:
-        publish(previous)
+        out = args.runs / stage
+        if args.resume and (out / "final" / CONFIG_NAME).is_file():
+            state.print(f"[{stage}] already trained ({out / 'final'}), skipping")
+        else:
+            cfg = stage_config(stage, out, steps, args.batch, args.lr, args.seed, args.save_every,
+                               config=config if previous is None else None, init_from=previous, resume=args.resume)
+            train(cfg)
+        previous = out
+    return None if previous is None else previous / "final"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", default="550,40,150", help="steps of the t2i, reconstruction and edit stages")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-3)
+def headline(report: dict) -> float:
+    """The number two demo checkpoints are compared by: GenEval overall, averaged with edit accuracy where measured."""
+    scores = [report["geneval"]["overall"], *([report["edit_accuracy"]["overall"]] if "edit_accuracy" in report else [])]
+    return float(np.mean(scores))
+
+
+def evaluate_checkpoint(folder: Path, settings: EvalSettings, out: Path, device: torch.device) -> dict:
+    """Held-out report of one checkpoint folder, also written to ``out`` as JSON."""
+    with torch.inference_mode():
+        report = {"checkpoint": str(folder), **evaluate_model(load_checkpoint(folder, device=device), settings)}
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def publish(checkpoint: Path, target: Path, provenance: dict) -> None:
+    """Copy a checkpoint folder to ``target`` with ``stage.json`` (how it was made), replacing it atomically."""
+    tmp = target.with_name(f".{target.name}.publishing")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(checkpoint, tmp)
+    (tmp / "stage.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    replace_directory(tmp, target)
+
+
+def evaluate_and_publish(final: Path, args: argparse.Namespace, processes: int, device: torch.device) -> bool:
+    """Score ``final``; publish it to ``args.publish_to`` if asked to and it beats what is there. Returns whether it did."""
+    settings = eval_settings(args, n_edits=args.eval_edits)
+    report = evaluate_checkpoint(final, settings, args.runs / "eval.json", device)
+    print(f"held-out: GenEval overall {report['geneval']['overall']:.3f}, edit accuracy {report.get('edit_accuracy', {}).get('overall', 'n/a')}", flush=True)
+    if args.no_publish:
+        return False
+    if not args.force_publish and (args.publish_to / WEIGHTS_NAME).is_file():
+        published = evaluate_checkpoint(args.publish_to, settings, args.runs / "eval-published.json", device)
+        if headline(report) <= headline(published):
+            print(f"not published: {headline(report):.3f} does not beat {args.publish_to}'s {headline(published):.3f} (--force-publish to publish anyway)", flush=True)
+            return False
+    publish(final, args.publish_to, {"stages": dict(zip(STAGES, args.steps)), "batch": args.batch, "processes": processes, "lr": args.lr, "seed": args.seed,
+                                     "command": " ".join(["python -m train.make_demo", *args.argv]), "eval": {k: report[k] for k in ("settings", "geneval", "edit_accuracy") if k in report}})
+    print(f"published {final} to {args.publish_to}", flush=True)
+    return True
+
+
+def run(args: argparse.Namespace) -> Path | None:
+    """Everything ``main`` does, from parsed arguments. Returns the final model folder (None if every budget is 0)."""
+    torch.set_num_threads(args.threads)
+    state = launch_state()
+    config = demo_config(args.config)
+    with state.main_process_first():  # the main process pretrains a missing MLLM; the others then find it
+        if needs_mllm(config):
+            pretrain_mllm(args.runs)
+    final = train_stages(args, config, state)
+    if final is not None and state.is_main_process:
+        evaluate_and_publish(final, args, state.num_processes, state.device)
+    state.wait_for_everyone()
+    return final
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser, save_every: int) -> None:
+    """The training flags make_demo and the ablations share."""
+    parser.add_argument("--batch", type=int, default=16, help="samples per process per step (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default %(default)s)")
+    parser.add_argument("--save-every", type=int, default=save_every, help="trainer checkpoint every N steps (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per process (default %(default)s)")
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number >= 1")
+    return value
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """The evaluation flags make_demo and the ablations share (:class:`train.evaluate.EvalSettings`)."""
+    parser.add_argument("--eval-n", type=positive, default=EvalSettings.n, help="held-out prompts (default %(default)s)")
+    parser.add_argument("--eval-steps", type=positive, default=EvalSettings.steps, help="sampling steps per scale (default %(default)s)")
+    parser.add_argument("--guidance", type=float, default=EvalSettings.guidance, help="classifier-free guidance (default %(default)s)")
+
+
+def eval_settings(args: argparse.Namespace, n_edits: int) -> EvalSettings:
+    return EvalSettings(n=args.eval_n, n_edits=n_edits, steps=args.eval_steps, guidance=args.guidance)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m train.make_demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", default="550,40,150", help="steps of the t2i, reconstruction and edit stages (0 skips a stage)")
+    add_recipe_arguments(parser, save_every=50)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--save-every", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--config", type=Path, default=CONFIG)
-    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "demo")
-    parser.add_argument("--no-publish", action="store_true", help="keep checkpoints under --runs only (do not touch the bundled asset)")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="the architecture (a HieraQueryConfig JSON)")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "demo", help="one trainer run folder per stage, and the evaluation reports")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run: finished stages are skipped, the interrupted one resumes")
+    add_eval_arguments(parser)
+    parser.add_argument("--eval-edits", type=int, default=EvalSettings.n_edits, help="held-out edits (default %(default)s)")
+    publishing = parser.add_mutually_exclusive_group()
+    publishing.add_argument("--no-publish", action="store_true", help="keep everything under --runs (do not touch the bundled asset)")
+    publishing.add_argument("--force-publish", action="store_true", help="publish even if the checkpoint already there scores as well or better")
+    parser.add_argument("--publish-to", type=Path, default=ASSET, help="where the demo checkpoint is published (default: the bundled asset)")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    steps = [int(s) for s in args.steps.split(",")]
-    if len(steps) != len(STAGES):
-        parser.error(f"--steps needs {len(STAGES)} comma-separated counts (t2i, reconstruction, edit)")
-    run(steps, args.batch, args.lr, args.seed, args.save_every, args.runs, args.config, args.threads, publish_to_assets=not args.no_publish)
+    args.argv = argv
+    raw = args.steps
+    try:
+        args.steps = [int(s) for s in raw.split(",")]
+    except ValueError:
+        args.steps = []
+    if len(args.steps) != len(STAGES) or min(args.steps) < 0:
+        parser.error(f"--steps {raw!r}: give {len(STAGES)} comma-separated whole numbers >= 0 (t2i, reconstruction, edit), e.g. 550,40,150")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_libraries()
+    try:
+        run(parse_args(argv))
+    except HieraQueryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

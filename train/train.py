@@ -202,6 +202,19 @@ def load_eval_hook(spec: str) -> Callback:
         raise HieraQueryError(f"--eval-hook {spec!r} cannot be imported ({exc})") from exc
 
 
+def make_accelerator(cfg: TrainConfig):
+    """The ``accelerate.Accelerator`` of a run (all runs of one launch share accelerate's process state).
+
+    Launched as several processes on a machine without GPUs, the processes run on the CPU (gloo); accelerate
+    would otherwise start each one as an independent single process.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    cpu = cfg.cpu or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
+    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)])
+
+
 class TqdmHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         from tqdm import tqdm
@@ -218,18 +231,12 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, dataset: Any = None, callbacks: Sequence[Callback] = (), accelerator=None) -> None:
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs, DistributedType
+        from accelerate.utils import DistributedType
 
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.ckpt_root = self.out / "checkpoints"
-        # Launched as several processes on a machine without GPUs: run them on the CPU (gloo); accelerate
-        # would otherwise start each one as an independent single process.
-        cpu = cfg.cpu or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
-        self.accelerator = accelerator or Accelerator(
-            mixed_precision=cfg.mixed_precision, cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)]
-        )
+        self.accelerator = accelerator or make_accelerator(cfg)
         acc = self.accelerator
         self.deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
         self.sharded = acc.distributed_type == DistributedType.FSDP

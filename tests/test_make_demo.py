@@ -1,0 +1,120 @@
+"""train/make_demo.py and train/ablations.py train through the trainer (train/train.py): the three stages chained by
+--init-from, --resume after an interruption, evaluation and publishing on the main process only (also under
+``accelerate launch`` with two CPU processes), and the ablation runner's cached trainer runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hieraquery_core.checkpoint import load_checkpoint
+from hieraquery_core.tiny import tiny_config
+from test_train_distributed import launch_two_cpu_processes
+from train import ablations, make_demo
+from train.train import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Stop(Exception):
+    """Stands for make_demo being killed in the middle of a stage."""
+
+
+def demo_args(root: Path, *extra: str) -> list[str]:
+    """A make_demo command line for a tiny model (32 px, random Qwen2.5-VL + SANA), everything under ``root``."""
+    return ["--config", str(root / "cfg.json"), "--steps", "2,2,1", "--batch", "1", "--threads", "1", "--save-every", "1", "--runs", str(root / "runs"),
+            "--publish-to", str(root / "asset"), "--eval-n", "6", "--eval-edits", "2", "--eval-steps", "1", *extra]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    x, y = load_checkpoint(a).state_dict(), load_checkpoint(b).state_dict()
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+@pytest.fixture(scope="module")
+def interrupted_then_resumed(tmp_path_factory):
+    """make_demo killed after the reconstruction stage's step-1 checkpoint, rerun without and then with --resume."""
+    root = tmp_path_factory.mktemp("demo")
+    tiny_config("sana", "qwen2_5_vl", "pixel").save(root / "cfg.json")
+
+    def stop(trainer, step):
+        if trainer.cfg.stage == "reconstruction" and step == 1:
+            raise Stop()
+
+    with pytest.MonkeyPatch.context() as patch:  # every stage calls back after each step; the reconstruction stage dies at step 1
+        patch.setattr(make_demo, "train", lambda cfg: train(dataclasses.replace(cfg, eval_every=1), callbacks=[stop]))
+        with pytest.raises(Stop):
+            make_demo.main(demo_args(root))
+    t2i_weights = root / "runs" / "t2i" / "final" / "hieraquery.safetensors"
+    t2i_written = t2i_weights.stat().st_mtime_ns
+    without_resume = make_demo.main(demo_args(root))
+    resumed = make_demo.main(demo_args(root, "--resume"))
+    return root, t2i_written, without_resume, resumed
+
+
+def test_resume_continues_the_interrupted_stage_and_publishes(interrupted_then_resumed):
+    root, t2i_written, without_resume, resumed = interrupted_then_resumed
+    runs = root / "runs"
+    assert without_resume == 2  # the trainer refuses to overwrite the run's checkpoints without --resume
+    assert resumed == 0
+    assert (runs / "t2i" / "final" / "hieraquery.safetensors").stat().st_mtime_ns == t2i_written, "--resume retrained a finished stage"
+    recon_log = (runs / "reconstruction" / "train.log").read_text()
+    assert "resumed at step 1" in recon_log and "done: step 2" in recon_log
+    assert "initialising from " + str(runs / "reconstruction" / "final") in (runs / "edit" / "train.log").read_text()
+    report = json.loads((runs / "eval.json").read_text())
+    assert report["checkpoint"] == str(runs / "edit" / "final") and report["settings"]["n"] == 6 and "overall" in report["edit_accuracy"]
+    assert same_weights(root / "asset", runs / "edit" / "final")  # nothing was published before: the new model is
+    provenance = json.loads((root / "asset" / "stage.json").read_text())
+    assert provenance["stages"] == {"t2i": 2, "reconstruction": 2, "edit": 1} and provenance["processes"] == 1 and provenance["command"].endswith("--resume")
+
+
+def test_publishes_only_a_better_checkpoint_unless_forced(interrupted_then_resumed):
+    root, *_ = interrupted_then_resumed
+    runs, asset = root / "runs", root / "asset"
+    stamp = (asset / "stage.json").stat().st_mtime_ns
+    final = runs / "edit" / "final"
+    equal = make_demo.parse_args(demo_args(root))
+    assert not make_demo.evaluate_and_publish(final, equal, 1, torch.device("cpu"))  # the same model scores the same: a tie is not better
+    assert (runs / "eval-published.json").is_file() and (asset / "stage.json").stat().st_mtime_ns == stamp
+    assert not make_demo.evaluate_and_publish(final, make_demo.parse_args(demo_args(root, "--no-publish")), 1, torch.device("cpu"))
+    assert make_demo.evaluate_and_publish(runs / "t2i" / "final", make_demo.parse_args(demo_args(root, "--force-publish")), 1, torch.device("cpu"))
+    assert same_weights(asset, runs / "t2i" / "final")
+
+
+def test_bad_steps_stop_with_the_expected_form(capsys):
+    for steps in ("550,40", "a,b,c", "1,-1,1"):
+        with pytest.raises(SystemExit):
+            make_demo.parse_args(["--steps", steps])
+        assert "3 comma-separated whole numbers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        make_demo.parse_args(["--no-publish", "--force-publish"])
+
+
+def test_two_processes_train_every_stage_and_only_the_main_one_evaluates_and_publishes(tmp_path):
+    tiny_config("sana", "qwen2_5_vl", "pixel").save(tmp_path / "cfg.json")
+    proc = launch_two_cpu_processes("-m", "train.make_demo", *demo_args(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert proc.stdout.count("held-out: GenEval overall") == 1 and proc.stdout.count("published ") == 1
+    for stage in ("t2i", "reconstruction", "edit"):
+        log = (tmp_path / "runs" / stage / "train.log").read_text()
+        assert "2 process(es)" in log and "parameter checksums of 2 processes: identical" in log
+    assert json.loads((tmp_path / "asset" / "stage.json").read_text())["processes"] == 2
+    assert same_weights(tmp_path / "asset", tmp_path / "runs" / "edit" / "final")
+
+
+def test_ablation_runs_go_through_the_trainer_and_are_reused(tmp_path):
+    argv = ["--variants", "single-256", "--seeds", "1", "--budget-steps", "1", "--batch", "1", "--eval-n", "6", "--eval-steps", "1", "--threads", "1",
+            "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "ablations.md")]
+    ablations.main(argv)
+    run = tmp_path / "runs" / "steps1-batch1" / "single-256-s0"
+    log = (run / "train.log").read_text()
+    assert "stage t2i: 1 steps" in log and (run / "checkpoints" / "step-0000001").is_dir()
+    result = json.loads((run / "result.json").read_text())
+    assert result["variant"] == "single-256" and result["num_queries"] == 256 and "overall" in result["geneval"]
+    assert "| single-256 | 16x16@1x | 256 |" in (tmp_path / "ablations.md").read_text()
+    ablations.main(argv)  # the finished run is reused, not trained again
+    assert (run / "train.log").read_text() == log
