@@ -8,6 +8,7 @@ trained yet, a tiny randomly initialised model is used instead, and the output s
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -23,13 +24,26 @@ from .pipeline import HieraQueryPipeline, PipelineOutput, SamplingOptions
 from .tiny import tiny_config
 
 
+def provenance(folder: Path) -> str:
+    """How a published checkpoint was made, from its stage.json: its held-out scores, or its note."""
+    stage = folder / "stage.json"
+    if not stage.is_file():
+        return ""
+    info = json.loads(stage.read_text())
+    if "eval" in info:
+        geneval = info["eval"]["geneval"]["overall"]
+        edits = info["eval"].get("edit_accuracy", {}).get("overall")
+        return f"; held-out GenEval overall {geneval:.3f}" + (f", edit accuracy {edits:.3f}" if edits is not None else "")
+    return f"; {info['note']}" if "note" in info else ""
+
+
 def load_model(checkpoint: str | None, device: str) -> tuple[HieraQuery, str]:
     """The model to run and a one-line description of where it came from."""
     if checkpoint:
         return load_checkpoint(checkpoint, device=device), f"checkpoint {checkpoint}"
     demo = bundled_demo()
     if demo is not None:
-        return load_checkpoint(demo, device=device), f"bundled ShapesWorld demo checkpoint ({demo})"
+        return load_checkpoint(demo, device=device), f"bundled ShapesWorld demo checkpoint ({demo}){provenance(demo)}"
     torch.manual_seed(0)
     model = HieraQuery.from_config(tiny_config()).eval().to(device)
     return model, "a TINY RANDOMLY INITIALISED model (no trained checkpoint is bundled yet): the images are noise, not a result"

@@ -30,3 +30,15 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert "prompt is empty" in capsys.readouterr().err
     assert main(["describe", "--checkpoint", str(ckpt), "--image", str(tmp_path / "nope.png")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_provenance_reports_a_published_checkpoints_scores_or_note(tmp_path):
+    import json
+
+    from hieraquery_core.cli import provenance
+
+    assert provenance(tmp_path) == ""
+    (tmp_path / "stage.json").write_text(json.dumps({"note": "stage 1 of 3, interrupted"}))
+    assert provenance(tmp_path) == "; stage 1 of 3, interrupted"
+    (tmp_path / "stage.json").write_text(json.dumps({"eval": {"geneval": {"overall": 0.5}, "edit_accuracy": {"overall": 0.25}}}))
+    assert provenance(tmp_path) == "; held-out GenEval overall 0.500, edit accuracy 0.250"
