@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections import Counter, deque
 from pathlib import Path
 
@@ -238,18 +237,6 @@ def test_parse_image_finds_objects_and_ignores_noise():
     assert sw.parse_image(np.full((64, 64, 3), 255, np.uint8)) == []
     with pytest.raises(ValueError):
         sw.parse_image(np.zeros((64, 64), np.uint8))
-
-
-def test_parse_speed():
-    rng = np.random.default_rng(6)
-    imgs = [sw.render(sw.random_scene(rng, n_objects=4)) for _ in range(40)]
-    sw.parse_image(imgs[0])
-    t0 = time.perf_counter()
-    for im in imgs:
-        sw.parse_image(im)
-    per = (time.perf_counter() - t0) / len(imgs)
-    print(f"\nparse_image: {per * 1e3:.2f} ms per 4-object 64x64 image")
-    assert per < 0.005
 
 
 def test_label_components_matches_bfs():
