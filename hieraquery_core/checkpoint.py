@@ -61,13 +61,12 @@ def save_checkpoint(model: HieraQuery, directory: str | Path, embed_backbones: b
     tmp.mkdir()
     try:
         config = copy.deepcopy(model.config)
-        source_dir = getattr(model, "source_dir", None)
         if embed_backbones or not config.mllm.path:
             model.mllm.model.save_pretrained(tmp / "mllm", safe_serialization=True)
             model.mllm.processor.save_pretrained(tmp / "mllm")
             config.mllm.path, config.mllm.config = "mllm", None
         else:
-            config.mllm.path = str((Path(source_dir or ".") / config.mllm.path).absolute())
+            config.mllm.path = str((Path(model.source_dir or ".") / config.mllm.path).absolute())
         model.dit.transformer.save_pretrained(tmp / "transformer", safe_serialization=True)
         config.dit.path, config.dit.config = "transformer", None
         if model.codec.vae is not None:
@@ -75,7 +74,7 @@ def save_checkpoint(model: HieraQuery, directory: str | Path, embed_backbones: b
                 model.codec.vae.save_pretrained(tmp / "vae", safe_serialization=True)
                 config.codec.path, config.codec.config = "vae", None
             else:
-                config.codec.path = str((Path(source_dir or ".") / config.codec.path).absolute())
+                config.codec.path = str((Path(model.source_dir or ".") / config.codec.path).absolute())
         config.connector.path = None
         save_file(own_state_dict(model), tmp / WEIGHTS_NAME, metadata={"format": "pt", "scales": ",".join(s.name for s in config.scales)})
         config.save(tmp / CONFIG_NAME)

@@ -62,6 +62,7 @@ class HieraQuery(nn.Module):
         self.connector = connector
         self.dit = dit
         self.codec = codec
+        self.source_dir: Path | None = None  # the checkpoint folder it was loaded from (relative backbone paths)
         require(dit.in_channels == codec.channels, f"the DiT takes {dit.in_channels} input channels but the {codec.kind} codec gives {codec.channels}; make dit.config.in_channels match")
         self.aligner = None
         if config.alignment.weight > 0:

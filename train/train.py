@@ -536,9 +536,9 @@ class Trainer:
         state = self.accelerator.get_state_dict(self.wrapped)  # a collective: every process calls it
         if not self.accelerator.is_main_process:
             return None
-        copy = HieraQuery.from_config(self.model.config, base_dir=getattr(self.model, "source_dir", None))
+        copy = HieraQuery.from_config(self.model.config, base_dir=self.model.source_dir)
         copy.load_state_dict({k[len("model."):] if k.startswith("model.") else k: v for k, v in state.items()})
-        copy.source_dir = getattr(self.model, "source_dir", None)
+        copy.source_dir = self.model.source_dir
         return copy
 
     def save(self) -> Path:
