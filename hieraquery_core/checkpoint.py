@@ -161,7 +161,6 @@ def load_checkpoint(
     locate_backbones(config, path, backbone_dirs or {})
     model = HieraQuery.from_config(config, base_dir=path)
     load_own_weights(model, path / WEIGHTS_NAME)
-    model.source_dir = path
     model.eval()
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
 

@@ -62,7 +62,7 @@ class HieraQuery(nn.Module):
         self.connector = connector
         self.dit = dit
         self.codec = codec
-        self.source_dir: Path | None = None  # the checkpoint folder it was loaded from (relative backbone paths)
+        self.source_dir: Path | None = None  # where relative backbone paths point (the checkpoint folder); set by from_config
         require(dit.in_channels == codec.channels, f"the DiT takes {dit.in_channels} input channels but the {codec.kind} codec gives {codec.channels}; make dit.config.in_channels match")
         self.aligner = None
         if config.alignment.weight > 0:
@@ -77,7 +77,9 @@ class HieraQuery(nn.Module):
         mllm = build_mllm(config.mllm, base_dir)
         dit = build_dit(config.dit, base_dir)
         connector = build_connector(config.connector, mllm.hidden_size, dit, base_dir)
-        return cls(config, mllm, connector, dit, build_codec(config.codec, base_dir))
+        model = cls(config, mllm, connector, dit, build_codec(config.codec, base_dir))
+        model.source_dir = base_dir
+        return model
 
     @property
     def device(self) -> torch.device:

@@ -341,7 +341,6 @@ class Trainer:
         require(wanted is not None, "give --config CONFIG.json (a HieraQueryConfig, for the first stage) or --init-from CHECKPOINT (the previous stage's final/)")
         torch.manual_seed(cfg.seed)
         model = HieraQuery.from_config(wanted, base_dir=base_dir)
-        model.source_dir = base_dir
         self.log(f"built a new model from {cfg.config if not isinstance(cfg.config, HieraQueryConfig) else 'a HieraQueryConfig (' + cfg.config.name + ')'}")
         return model
 
@@ -538,7 +537,6 @@ class Trainer:
             return None
         copy = HieraQuery.from_config(self.model.config, base_dir=self.model.source_dir)
         copy.load_state_dict({k[len("model."):] if k.startswith("model.") else k: v for k, v in state.items()})
-        copy.source_dir = self.model.source_dir
         return copy
 
     def save(self) -> Path:
