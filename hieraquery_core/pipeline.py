@@ -210,11 +210,12 @@ class HieraQueryPipeline:
             init_latents = model.codec.encode(to_signed(resize(init, size))).float().expand(batch, -1, -1, -1)
             latents = scheduler.scale_noise(init_latents, timesteps[:1], noise)
         merged = ScaleCondition.cat(conditions)
-        for i, t in enumerate(timesteps):
-            velocity = model.dit(latents.repeat(len(conditions), 1, 1, 1), t / 1000.0, merged).float()
-            latents = scheduler.step(combine(list(velocity.chunk(len(conditions)))), t, latents, return_dict=False)[0]
-            if callback is not None:
-                callback(k, i + 1, len(timesteps), latents)
+        with model.dit.constant_condition():
+            for i, t in enumerate(timesteps):
+                velocity = model.dit(latents.repeat(len(conditions), 1, 1, 1), t / 1000.0, merged).float()
+                latents = scheduler.step(combine(list(velocity.chunk(len(conditions)))), t, latents, return_dict=False)[0]
+                if callback is not None:
+                    callback(k, i + 1, len(timesteps), latents)
         return latents
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

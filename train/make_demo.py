@@ -3,6 +3,7 @@
     python -m train.make_demo                        # everything below (default budget 550,40,150)
     python -m train.make_demo --steps 4000,200,1500  # per-stage budgets (t2i, reconstruction, edit)
     python -m train.make_demo --resume               # continue an interrupted run where it stopped
+    python -m train.make_demo --init-from runs/demo/t2i --runs runs/demo-more   # more steps on an earlier run's model
     accelerate launch --config_file train/accelerate/ddp.yaml -m train.make_demo   # the same on several GPUs
 
 Steps (paper section 4.2, in miniature):
@@ -100,7 +101,7 @@ def needs_mllm(config: HieraQueryConfig) -> bool:
 
 def train_stages(args: argparse.Namespace, config: HieraQueryConfig, state) -> Path | None:
     """Run the stages with a non-zero budget, each from the previous one's model; returns the last ``final/``."""
-    previous: Path | None = None
+    previous: Path | None = args.init_from
     for stage, steps in zip(STAGES, args.steps):
         if steps == 0:
             continue
@@ -151,6 +152,7 @@ def evaluate_and_publish(final: Path, args: argparse.Namespace, processes: int, 
             print(f"not published: {headline(report):.3f} does not beat {args.publish_to}'s {headline(published):.3f} (--force-publish to publish anyway)", flush=True)
             return False
     publish(final, args.publish_to, {"stages": dict(zip(STAGES, args.steps)), "batch": args.batch, "processes": processes, "lr": args.lr, "seed": args.seed,
+                                     "init_from": None if args.init_from is None else str(args.init_from),
                                      "command": " ".join(["python -m train.make_demo", *args.argv]), "eval": {k: report[k] for k in ("settings", "geneval", "edit_accuracy") if k in report}})
     print(f"published {final} to {args.publish_to}", flush=True)
     return True
@@ -206,6 +208,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=CONFIG, help="the architecture (a HieraQueryConfig JSON)")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "demo", help="one trainer run folder per stage, and the evaluation reports")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run: finished stages are skipped, the interrupted one resumes")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="start the first stage from this model (a checkpoint or run folder, e.g. an earlier run's t2i) with a fresh schedule, instead of --config")
     add_eval_arguments(parser)
     parser.add_argument("--eval-edits", type=int, default=EvalSettings.n_edits, help="held-out edits (default %(default)s)")
     publishing = parser.add_mutually_exclusive_group()
