@@ -85,6 +85,18 @@ def test_publishes_only_a_better_checkpoint_unless_forced(interrupted_then_resum
     assert same_weights(asset, runs / "t2i" / "final")
 
 
+def test_init_from_starts_the_first_stage_from_an_earlier_model(interrupted_then_resumed):
+    root, *_ = interrupted_then_resumed
+    earlier = root / "runs" / "t2i" / "final"
+    more = root / "more"
+    args = demo_args(root, "--init-from", str(earlier), "--steps", "1,0,0", "--no-publish")
+    args[args.index("--runs") + 1] = str(more)
+    assert make_demo.main(args) == 0
+    assert "initialising from " + str(earlier) in (more / "t2i" / "train.log").read_text()
+    assert not same_weights(more / "t2i" / "final", earlier)  # it trained on from there
+    assert not (more / "reconstruction").exists() and json.loads((more / "eval.json").read_text())["checkpoint"] == str(more / "t2i" / "final")
+
+
 def test_bad_steps_stop_with_the_expected_form(capsys):
     for steps in ("550,40", "a,b,c", "1,-1,1"):
         with pytest.raises(SystemExit):
