@@ -113,6 +113,12 @@ class HieraQuery(nn.Module):
             sizes.append((h, w))
         return sizes
 
+    def scale_size(self, k: int, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+        """Scale k's pixel size for a target of height x width; one clear error if scale k does not exist."""
+        names = ", ".join(f"{i} = {s.name}" for i, s in enumerate(self.config.scales))
+        require(0 <= k < len(self.config.scales), f"scale {k} does not exist; this checkpoint has scales {names}")
+        return self.scale_sizes(height, width)[k]
+
     def encode(self, prompts: list[str], images: ImageList | None = None) -> list[torch.Tensor]:
         """Eq. 3-4: the MLLM's hidden states at each scale's query positions, [B, N_k, d] per scale."""
         require(len(prompts) > 0, "no prompt was given")

@@ -183,7 +183,7 @@ class HieraQueryPipeline:
     ) -> torch.Tensor:
         """Denoise scale k at ``size`` (pixels): the codec's latents [B * images_per_prompt, C, h/f, w/f] (float32).
 
-        ``init`` (pixels in [0, 1], any size) with ``strength`` < 1 starts from that image re-noised:
+        ``init`` (pixels in [0, 1], any size) with ``strength`` < 1 starts from that image re-noised (with strength 1 it is unused):
         the alignment-aware refinement from the previous scale.
         """
         model = self.model
@@ -238,7 +238,7 @@ class HieraQueryPipeline:
                 self.sample_scale(
                     encoded, k, size, seed,
                     steps=options.steps_for(k, len(sizes)), guidance=options.guidance, image_guidance=options.image_guidance,
-                    init=previous, strength=options.refine_strength if previous is not None else 1.0,
+                    init=previous, strength=options.refine_strength,
                     images_per_prompt=options.images_per_prompt, callback=callback,
                 )
             )

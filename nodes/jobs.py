@@ -100,15 +100,12 @@ def sample_scale(
     width x height and the scale's resolution factor. With ``previous`` and ``refine_strength`` < 1 it starts
     from the previous scale's image re-noised to that strength (the alignment-aware refinement)."""
     _same_checkpoint(conditions.source, model, "conditions")
-    config = model.pipeline.model.config
-    names = ", ".join(f"{k} = {s.name}" for k, s in enumerate(config.scales))
-    require(0 <= scale < len(config.scales), f"scale {scale} does not exist; this checkpoint has scales {names}")
-    size = model.pipeline.model.scale_sizes(*_target(conditions.image_size, width, height))[scale]
-    init = as_pixels(previous) if previous is not None and refine_strength < 1.0 else None
+    size = model.pipeline.model.scale_size(scale, *_target(conditions.image_size, width, height))
+    init = None if previous is None else as_pixels(previous)
     with model.active() as pipe:
         latents = pipe.sample_scale_latents(
             conditions.encoded, scale, size, seed, steps=steps, guidance=guidance, image_guidance=image_guidance,
-            init=init, strength=refine_strength if init is not None else 1.0, images_per_prompt=batch_size,
+            init=init, strength=refine_strength, images_per_prompt=batch_size,
             callback=ProgressTracker(pipe, [steps], progress),
         )
         pixels = pipe.decode(latents)
