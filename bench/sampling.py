@@ -3,7 +3,8 @@ same steps per scale, same guidance, same final resolution:
 
 (a) ``single_scale``: the floor for any pipeline, MetaQuery-style: one precomputed condition (the finest
     scale's), a plain loop over diffusers' transformer and ``FlowMatchEulerDiscreteScheduler`` with a CFG
-    batch of 2, one VAE decode.
+    batch of 2, one VAE decode. ``single_scale_cached`` (a') is the same loop inside the DiT's caption-path
+    cache (``DiffusionTransformer.constant_condition``) that the pipeline uses: b/a' compares like with like.
 (b) ``cascade``: ``HieraQueryPipeline.sample`` with mode="cascade" on a pre-encoded prompt: scale k at its
     own resolution (Eq. 5, Fig. 2), every scale decoded. Each round uses a new seed, so this is also the
     re-sample of item 4.
@@ -19,6 +20,7 @@ every run. ``cascade`` and ``encode`` run with the stopwatch hooks of :mod:`benc
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import replace
 
 import torch
@@ -38,8 +40,9 @@ GUIDANCE = 4.0
 
 
 @torch.no_grad()
-def single_scale_loop(pipeline: HieraQueryPipeline, condition: ScaleCondition, size: tuple[int, int], steps: int, guidance: float, seed: int) -> torch.Tensor:
-    """(a): the bare denoising loop over the diffusers transformer; ``condition`` holds [uncond, cond]."""
+def single_scale_loop(pipeline: HieraQueryPipeline, condition: ScaleCondition, size: tuple[int, int], steps: int, guidance: float, seed: int,
+                      cached: bool = False) -> torch.Tensor:
+    """(a): the bare denoising loop over the diffusers transformer; ``condition`` holds [uncond, cond]. ``cached``: (a')."""
     model = pipeline.model
     transformer = model.dit.transformer
     dtype = transformer.dtype
@@ -50,10 +53,11 @@ def single_scale_loop(pipeline: HieraQueryPipeline, condition: ScaleCondition, s
     scheduler.set_timesteps(steps, device=model.device)
     tokens = condition.tokens.to(dtype)
     pooled = {} if condition.pooled is None else {"pooled_projections": condition.pooled.to(dtype)}
-    for t in scheduler.timesteps:
-        velocity = transformer(hidden_states=torch.cat([latents, latents]).to(dtype), encoder_hidden_states=tokens, timestep=t.expand(2).to(dtype), return_dict=False, **pooled)[0].float()
-        uncond, cond = velocity.chunk(2)
-        latents = scheduler.step(uncond + guidance * (cond - uncond), t, latents, return_dict=False)[0]
+    with model.dit.constant_condition() if cached else nullcontext():
+        for t in scheduler.timesteps:
+            velocity = transformer(hidden_states=torch.cat([latents, latents]).to(dtype), encoder_hidden_states=tokens, timestep=t.expand(2).to(dtype), return_dict=False, **pooled)[0].float()
+            uncond, cond = velocity.chunk(2)
+            latents = scheduler.step(uncond + guidance * (cond - uncond), t, latents, return_dict=False)[0]
     return pipeline.decode(latents)
 
 
@@ -124,6 +128,7 @@ def measure(model: HieraQuery, steps: int, repeats: int) -> dict[str, object]:
 
     candidates: dict[str, Callable[[int], object]] = {
         "single_scale": lambda r: single_scale_loop(pipeline, baseline, sizes[-1], 1 if r == WARMUP else steps, GUIDANCE, seed=r),
+        "single_scale_cached": lambda r: single_scale_loop(pipeline, baseline, sizes[-1], 1 if r == WARMUP else steps, GUIDANCE, seed=r, cached=True),
         "cascade": watched("cascade", lambda r: pipeline.sample(encoded, seed=r, options=options(r, cascade))),
         "ming": lambda r: pipeline.sample(encoded, seed=r, options=options(r, ming)),
         "encode": watched("encode", lambda r: pipeline.encode(PROMPT)),
@@ -151,7 +156,8 @@ def measure(model: HieraQuery, steps: int, repeats: int) -> dict[str, object]:
         "seconds": medians,
         "wall_seconds": {name: t.wall_median for name, t in times.items()},
         "spread": {name: t.spread for name, t in times.items()},
-        "ratios": {"cascade_over_single": medians["cascade"] / medians["single_scale"], "ming_over_cascade": medians["ming"] / medians["cascade"]},
+        "ratios": {"cascade_over_single": medians["cascade"] / medians["single_scale"], "ming_over_cascade": medians["ming"] / medians["cascade"],
+                   "cascade_over_single_cached": medians["cascade"] / medians["single_scale_cached"]},
         "flops": flops,
         "breakdown": breakdown,
         "resample": {
