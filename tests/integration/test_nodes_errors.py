@@ -38,6 +38,20 @@ def edit(model_link, image_link, instruction="make it blue") -> dict:
         "image_guidance": 1.5, "refine_strength": 1.0}}
 
 
+def query_encode(model_link) -> dict:
+    return {"class_type": "HieraQueryQueryEncode", "inputs": {"model": model_link, "prompt": "a red circle"}}
+
+
+def connector(model_link, states_link) -> dict:
+    return {"class_type": "HieraQueryConnector", "inputs": {"model": model_link, "query_states": states_link}}
+
+
+def scale_sampler(model_link, conditions_link, scale: int) -> dict:
+    return {"class_type": "HieraQueryScaleSampler", "inputs": {
+        "model": model_link, "conditions": conditions_link, "scale": scale, "seed": 0, "steps": 2, "guidance": 4.0, "image_guidance": 1.5,
+        "width": 0, "height": 0, "batch_size": 1, "refine_strength": 1.0}}
+
+
 def empty_image(side: int) -> dict:
     return {"class_type": "EmptyImage", "inputs": {"width": side, "height": side, "batch_size": 1, "color": 0x3366CC}}
 
@@ -70,21 +84,12 @@ def bad_graphs(demo: str, tiny: str, diffusers: str) -> dict[str, tuple[dict, st
             {"1": loader(demo), "2": generate(["1", 0], width=36, height=36), "3": save(["2", 0])},
             "HieraQueryGenerate", "choose height and width that are multiples of"),
         "scale the model does not have": (
-            {"1": loader(tiny), "2": {"class_type": "HieraQueryQueryEncode", "inputs": {"model": ["1", 0], "prompt": "a red circle"}},
-             "3": {"class_type": "HieraQueryConnector", "inputs": {"model": ["1", 0], "query_states": ["2", 0]}},
-             "4": {"class_type": "HieraQueryScaleSampler", "inputs": {
-                 "model": ["1", 0], "conditions": ["3", 0], "scale": 7, "seed": 0, "steps": 2, "guidance": 4.0, "image_guidance": 1.5,
-                 "width": 0, "height": 0, "batch_size": 1, "refine_strength": 1.0}},
+            {"1": loader(tiny), "2": query_encode(["1", 0]), "3": connector(["1", 0], ["2", 0]), "4": scale_sampler(["1", 0], ["3", 0], scale=7),
              "5": save(["4", 0])},
             "HieraQueryScaleSampler", "scale 7 does not exist; this checkpoint has scales 0 = 4x4"),
         "stages from two checkpoints": (
-            {"1": loader(tiny), "2": loader(demo),
-             "3": {"class_type": "HieraQueryQueryEncode", "inputs": {"model": ["1", 0], "prompt": "a red circle"}},
-             "4": {"class_type": "HieraQueryConnector", "inputs": {"model": ["2", 0], "query_states": ["3", 0]}},
-             "5": {"class_type": "HieraQueryScaleSampler", "inputs": {
-                 "model": ["2", 0], "conditions": ["4", 0], "scale": 0, "seed": 0, "steps": 2, "guidance": 4.0, "image_guidance": 1.5,
-                 "width": 0, "height": 0, "batch_size": 1, "refine_strength": 1.0}},
-             "6": save(["5", 0])},
+            {"1": loader(tiny), "2": loader(demo), "3": query_encode(["1", 0]), "4": connector(["2", 0], ["3", 0]),
+             "5": scale_sampler(["2", 0], ["4", 0], scale=0), "6": save(["5", 0])},
             "HieraQueryConnector", "connect the same HieraQuery loader to every node"),
     }
 
