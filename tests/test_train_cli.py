@@ -96,3 +96,18 @@ def test_a_batch_of_only_bad_samples_is_a_zero_loss_step(data):
     result = train(TrainConfig(stage="t2i", config=str(data / "cfg.json"), steps=1, batch_size=2, progress=False, out=str(data / "all-bad")),
                    dataset=[{"prompt": "no target"}, {"prompt": "no target either"}])
     assert result.step == 1 and result.losses == [0.0] and sum(result.skipped.values()) == 2
+
+
+def test_a_later_stage_replays_text_to_image_samples(data, capsys):
+    out = data / "edit-replay"
+    common = ["--stage", "edit", "--config", str(data / "cfg.json"), "--data", str(data / "edits"), "--out", str(out), "--steps", "2", "--batch-size", "2", "--no-progress"]
+    assert main([*common, "--replay-share", "0.5", "--replay-data", str(data / "pairs.jsonl")]) == 0
+    log = (out / "train.log").read_text()
+    assert "data (edit): 3 samples" in log and "data (t2i): 5 samples" in log and "replay: " in log and "done: step 2" in log
+    assert json.loads((out / "run.json").read_text())["settings"]["replay_share"] == 0.5
+    capsys.readouterr()
+    assert main([*common, "--resume"]) == 2  # resuming without the replay would train on other samples
+    assert "replay_share 0.5 (now 0.0)" in capsys.readouterr().err
+    for bad, message in ((["--stage", "t2i", "--replay-share", "0.3"], "means nothing with --stage t2i"), (["--replay-share", "1"], "must be in [0, 1)"),
+                         (["--replay-data", "shapesworld"], "only read with --replay-share")):
+        assert main([*common, *bad]) == 2 and message in capsys.readouterr().err

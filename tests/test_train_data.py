@@ -13,7 +13,7 @@ from PIL import Image
 from hieraquery_core.errors import HieraQueryError
 from hieraquery_core.model import TrainingBatch
 from tiny_models import make_model
-from train.data import (BucketBatchSampler, FileDataset, SampleDataset, SkipCounter, Skipped, StreamBatches, bucket_step, collate,
+from train.data import (BucketBatchSampler, FileDataset, ReplayMix, SampleDataset, SkipCounter, Skipped, StreamBatches, bucket_step, collate,
                         fit_to_bucket, load_records, make_buckets, model_buckets, nearest_bucket, stage_sample)
 from train.optim import lr_curve, make_optimizer
 from train.shapesworld_data import ShapesWorldDataset, shapesworld_stream
@@ -218,3 +218,21 @@ def test_bucket_sampler_batches_one_bucket_and_splits_processes():
     assert ranks[0].batches(0) != ranks[0].batches(1)
     assert ranks[0].batches(0, start=3) == ranks[0].batches(0)[3:]
     assert math.isclose(len(BucketBatchSampler(["a"] * 5, 2)), 3)
+
+
+def test_replay_mix_puts_a_share_of_text_to_image_samples_into_a_later_stage():
+    edits = SampleDataset(ShapesWorldDataset("edit", 400, seed=1), "edit", [(32, 32)])
+    pairs = SampleDataset(ShapesWorldDataset("t2i", 50, seed=1), "t2i", [(32, 32)])
+    mix = ReplayMix(edits, pairs, 0.25, seed=0)
+    replayed = [i for i in range(len(mix)) if mix.source(i)[0] is pairs]
+    assert len(mix) == 400 and 0.18 < len(replayed) / 400 < 0.32
+    assert np.array_equal(ReplayMix(edits, pairs, 0.25, seed=0).use_replay, mix.use_replay)  # a function of the seed: every process, every resume
+    assert not np.array_equal(ReplayMix(edits, pairs, 0.25, seed=1).use_replay, mix.use_replay)
+    t2i, edit = replayed[0], next(k for k in range(len(mix)) if k not in replayed)
+    assert mix[t2i]["images"] == [] and mix[t2i]["prompt"] == pairs[mix.source(t2i)[1]]["prompt"]
+    assert len(mix[edit]["images"]) == 1 and mix[edit]["prompt"] == edits[edit]["prompt"] and mix.bucket_of(t2i) == (32, 32)
+    batch = collate([mix[t2i], mix[edit], Skipped("broken")])  # one batch, with and without input images
+    assert batch["prompts"] == [mix[t2i]["prompt"], mix[edit]["prompt"]] and batch["skipped"] == {"broken": 1}
+    assert batch["images"][0] == [] and batch["images"][1][0].shape == (3, 32, 32)
+    with pytest.raises(HieraQueryError, match="replay share 1.0"):
+        ReplayMix(edits, pairs, 1.0)

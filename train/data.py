@@ -14,6 +14,9 @@ file datasets below, or the ShapesWorld generators of :mod:`train.shapesworld_da
   stage teaches (pairs' captions are not used). A fixed instruction can be given instead.
 - ``edit``: prompt = the instruction, images = [source], target = the edited image.
 
+A later stage can replay text-to-image samples (:class:`ReplayMix`, ``--replay-share``) so that it
+does not forget text-to-image; the paper's recipe is no replay.
+
 **Files** (:func:`load_records`): a folder (``NAME.png`` + ``NAME.txt`` caption; for editing also
 ``NAME.source.png``, the ``.txt`` being the instruction) or a JSONL manifest (one object per line;
 ``image`` + ``prompt`` for pairs, ``image`` + ``instruction`` + ``source`` for edits; optional
@@ -56,6 +59,7 @@ SOURCE_TAG = ".source"
 MAX_ASPECT_RATIO = 2.5
 MIN_CLIP_SCORE = 0.45
 MAX_WATERMARK_SCORE = 0.5
+REPLAY_STREAM = 0x52504C  # "RPL": which samples of a later stage are text-to-image replay (ReplayMix)
 
 PAIR_COLUMNS = {"image": ("image", "target"), "prompt": ("prompt", "caption", "text")}
 EDIT_COLUMNS = {"image": ("image", "target"), "prompt": ("instruction", "prompt"), "source": ("source", "source_image")}
@@ -415,6 +419,41 @@ class SampleDataset(torch.utils.data.Dataset):
         return convert_sample(raw, self.stage, self.recon_prompt, self.bucket_of(index), self.buckets)
 
 
+class ReplayMix(torch.utils.data.Dataset):
+    """A later stage's dataset with text-to-image samples replayed in it (rehearsal against forgetting).
+
+    The paper's editing stage (section 4.2) trains on editing data only; on a small budget that makes
+    the model forget text-to-image (``docs/demo-and-ablations.md``, third run). Here each index of
+    ``primary`` is replaced, with probability ``share``, by a random index of ``replay`` (a
+    text-to-image dataset). The choice is drawn once from ``numpy.random.default_rng([seed,
+    REPLAY_STREAM])``, so it is the same in every process and a resumed run sees the same samples.
+    Batches may then mix edit and text-to-image samples (see :func:`collate`).
+    """
+
+    def __init__(self, primary, replay, share: float, seed: int = 0) -> None:
+        require(0.0 <= share < 1.0, f"replay share {share} must be in [0, 1)")
+        require(len(replay) > 0, "the replay dataset is empty")
+        rng = np.random.default_rng([seed, REPLAY_STREAM])
+        self.primary, self.replay, self.share = primary, replay, share
+        self.use_replay = rng.random(len(primary)) < share
+        self.replay_index = rng.integers(len(replay), size=len(primary))
+
+    def __len__(self) -> int:
+        return len(self.primary)
+
+    def source(self, index: int) -> tuple[Any, int]:
+        """(dataset, index in it) that dataset index ``index`` reads."""
+        return (self.replay, int(self.replay_index[index])) if self.use_replay[index] else (self.primary, index)
+
+    def bucket_of(self, index: int) -> tuple[int, int]:
+        dataset, i = self.source(index)
+        return dataset.bucket_of(i)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | Skipped:
+        dataset, i = self.source(index)
+        return dataset[i]
+
+
 def convert_sample(raw: Any, stage: str, recon_prompt: str, size: tuple[int, int] | None, buckets: Sequence[tuple[int, int]]) -> dict[str, Any] | Skipped:
     """Check a raw sample, fit it to ``size`` (or its nearest bucket) and make it ``stage``'s sample."""
     try:
@@ -481,7 +520,9 @@ class BucketBatchSampler:
 def collate(samples: Sequence[dict[str, Any] | Skipped]) -> dict[str, Any]:
     """Stack a batch; skipped samples are dropped and counted under ``'skipped'``.
 
-    Targets of different sizes (a dataset without buckets) are fitted to the first sample's size.
+    Targets of different sizes (a dataset without buckets) are fitted to the first sample's size. A
+    sample without input images may share a batch with samples that have some (text-to-image replay in
+    a later stage, :class:`ReplayMix`): the MLLM reads every prompt with its own list of images.
     """
     skipped: Counter = Counter(s.reason for s in samples if isinstance(s, Skipped))
     good = [s for s in samples if not isinstance(s, Skipped)]
@@ -489,13 +530,7 @@ def collate(samples: Sequence[dict[str, Any] | Skipped]) -> dict[str, Any]:
         return {"prompts": [], "targets": None, "images": None, "skipped": skipped}
     size = tuple(good[0]["target"].shape[-2:])
     targets = torch.stack([fit_to_bucket(s["target"], size) for s in good])
-    images = None
-    if any(s["images"] for s in good):
-        images = [[fit_to_bucket(i, size) for i in s["images"]] for s in good]
-        if any(len(i) == 0 for i in images):
-            keep = [k for k, i in enumerate(images) if i]
-            skipped["sample without input images in a batch that needs them"] += len(good) - len(keep)
-            good, targets, images = [good[k] for k in keep], targets[keep], [images[k] for k in keep]
+    images = [[fit_to_bucket(i, size) for i in s["images"]] for s in good] if any(s["images"] for s in good) else None
     return {"prompts": [s["prompt"] for s in good], "targets": targets, "images": images, "skipped": skipped}
 
 

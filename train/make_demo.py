@@ -15,6 +15,11 @@ Steps (paper section 4.2, in miniature):
    image-only guidance branch, see ``train/data.py``);
 3. editing fine-tuning on ShapesWorld edit triplets.
 
+Unlike the paper, stages 2 and 3 replay text-to-image samples: ``--replay-share`` (default 0.25) of their
+samples are text-to-image training pairs (:class:`train.data.ReplayMix`). Without it the third demo run
+forgot text-to-image in the editing stage (0.027 -> 0.007 held-out, ``docs/demo-and-ablations.md``);
+``--replay-share 0`` is the paper's recipe.
+
 Every stage is one run of the trainer (:func:`train.train.train`, i.e. ``python -m train.train --stage S
 --data shapesworld``) in ``--runs/<stage>``, started from the previous stage's ``final/`` (``--init-from``). The
 MLLM is frozen throughout; the queries, connector, DiT and alignment projector train (AdamW without weight
@@ -72,11 +77,13 @@ def warmup_steps(steps: int) -> int:
 
 
 def stage_config(stage: str, out: Path, steps: int, batch: int, lr: float, seed: int, save_every: int, *,
-                 config: HieraQueryConfig | None = None, init_from: Path | None = None, resume: bool = False) -> TrainConfig:
-    """The trainer settings of one ShapesWorld stage with the demo recipe (see the module docstring)."""
+                 config: HieraQueryConfig | None = None, init_from: Path | None = None, resume: bool = False, replay_share: float = 0.0) -> TrainConfig:
+    """The trainer settings of one ShapesWorld stage with the demo recipe (see the module docstring);
+    ``replay_share`` applies to the reconstruction and edit stages only."""
     return TrainConfig(stage=stage, out=str(out), config=config, init_from=None if init_from is None else str(init_from), data="shapesworld",
                        steps=steps, batch_size=batch, lr=lr, min_lr=lr * MIN_LR_FRACTION, warmup=warmup_steps(steps), weight_decay=0.0,
-                       grad_clip=1.0, save_every=save_every, log_every=25, seed=seed, resume="latest" if resume else None)
+                       grad_clip=1.0, save_every=save_every, log_every=25, seed=seed, resume="latest" if resume else None,
+                       replay_share=0.0 if stage == "t2i" else replay_share)
 
 
 def launch_state():
@@ -110,7 +117,7 @@ def train_stages(args: argparse.Namespace, config: HieraQueryConfig, state) -> P
             state.print(f"[{stage}] already trained ({out / 'final'}), skipping")
         else:
             cfg = stage_config(stage, out, steps, args.batch, args.lr, args.seed, args.save_every,
-                               config=config if previous is None else None, init_from=previous, resume=args.resume)
+                               config=config if previous is None else None, init_from=previous, resume=args.resume, replay_share=args.replay_share)
             train(cfg)
         previous = out
     return None if previous is None else previous / "final"
@@ -152,6 +159,7 @@ def evaluate_and_publish(final: Path, args: argparse.Namespace, processes: int, 
             print(f"not published: {headline(report):.3f} does not beat {args.publish_to}'s {headline(published):.3f} (--force-publish to publish anyway)", flush=True)
             return False
     publish(final, args.publish_to, {"stages": dict(zip(STAGES, args.steps)), "batch": args.batch, "processes": processes, "lr": args.lr, "seed": args.seed,
+                                     "replay_share": args.replay_share,
                                      "init_from": None if args.init_from is None else str(args.init_from),
                                      "command": " ".join(["python -m train.make_demo", *args.argv]), "eval": {k: report[k] for k in ("settings", "geneval", "edit_accuracy") if k in report}})
     print(f"published {final} to {args.publish_to}", flush=True)
@@ -203,6 +211,7 @@ def eval_settings(args: argparse.Namespace, n_edits: int) -> EvalSettings:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train.make_demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", default="550,40,150", help="steps of the t2i, reconstruction and edit stages (0 skips a stage)")
+    parser.add_argument("--replay-share", type=float, default=0.25, help="share of text-to-image samples in the reconstruction and edit stages (default %(default)s; 0: the paper's recipe)")
     add_recipe_arguments(parser, save_every=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", type=Path, default=CONFIG, help="the architecture (a HieraQueryConfig JSON)")

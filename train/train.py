@@ -51,7 +51,7 @@ from hieraquery_core.errors import HieraQueryError, require
 from hieraquery_core.model import HieraQuery, TrainingBatch
 
 from . import state as st
-from .data import (MAX_ASPECT_RATIO, MAX_WATERMARK_SCORE, MIN_CLIP_SCORE, STAGES, BucketBatchSampler, FileDataset, SampleDataset,
+from .data import (MAX_ASPECT_RATIO, MAX_WATERMARK_SCORE, MIN_CLIP_SCORE, STAGES, BucketBatchSampler, FileDataset, ReplayMix, SampleDataset,
                    SkipCounter, StreamBatches, collate, load_records, model_buckets)
 from .optim import make_optimizer, make_scheduler
 
@@ -93,6 +93,8 @@ class TrainConfig:
     cpu: bool = False
     resume: str | None = None
     recon_prompt: str = ""
+    replay_share: float = 0.0
+    replay_data: str | None = None
     buckets: bool = True
     image_size: int | None = None
     max_aspect: float = MAX_ASPECT_RATIO
@@ -109,6 +111,9 @@ class TrainConfig:
         require(self.steps is None or self.steps > 0, "--steps must be positive")
         require(self.epochs is None or self.epochs > 0, "--epochs must be positive")
         require(self.lr > 0 and 0 <= self.min_lr <= self.lr, f"need 0 <= --min-lr ({self.min_lr}) <= --lr ({self.lr}) and --lr > 0")
+        require(0 <= self.replay_share < 1, f"--replay-share {self.replay_share} must be in [0, 1)")
+        require(self.replay_share == 0 or self.stage != "t2i", "--replay-share replays text-to-image samples in a later stage; it means nothing with --stage t2i")
+        require(self.replay_data is None or self.replay_share > 0, "--replay-data is only read with --replay-share > 0")
 
 
 @dataclass
@@ -344,30 +349,40 @@ class Trainer:
         self.log(f"built a new model from {cfg.config if not isinstance(cfg.config, HieraQueryConfig) else 'a HieraQueryConfig (' + cfg.config.name + ')'}")
         return model
 
-    def _setup_data(self) -> None:
+    def _open_data(self, source: Any, stage: str) -> Any:
+        """``source`` as ``stage``'s samples: a map-style dataset (with ``bucket_of``) or, for an iterable, a :class:`StreamBatches`."""
         cfg, acc = self.cfg, self.accelerator
-        buckets = model_buckets(self.model, cfg.image_size, cfg.max_aspect, square_only=not cfg.buckets)
-        self.buckets = buckets
-        source = self.dataset_source
-        require(source is not None, "give --data (a folder, a .jsonl manifest or 'shapesworld') or pass a dataset")
-        self.stream = None
-        self.dataset = None
         if isinstance(source, (str, Path)):
             if str(source) == "shapesworld":
                 from .shapesworld_data import shapesworld_dataset
 
-                source = shapesworld_dataset(cfg.stage, cfg.shapesworld_samples, seed=cfg.seed)
+                source = shapesworld_dataset(stage, cfg.shapesworld_samples, seed=cfg.seed)
             else:
-                records = load_records(source, cfg.stage, self.index_skips, cfg.max_aspect, cfg.min_clip, cfg.max_watermark)
-                self.dataset = FileDataset(records, cfg.stage, buckets, cfg.recon_prompt)
-                self.log(f"data: {len(records)} samples from {source} in {len(set(self.dataset.sizes))} bucket(s); left out while indexing: {self.index_skips.summary()}")
-        if self.dataset is None:
-            if hasattr(source, "__getitem__") and hasattr(source, "__len__"):
-                self.dataset = SampleDataset(source, cfg.stage, buckets, cfg.recon_prompt)
-                self.log(f"data: {len(self.dataset)} samples from {type(source).__name__}")
-            else:
-                self.stream = StreamBatches(source, cfg.stage, buckets, cfg.batch_size, acc.num_processes, acc.process_index, cfg.recon_prompt)
-                self.log(f"data: a stream from {type(source).__name__} (no index: resume replays it)")
+                records = load_records(source, stage, self.index_skips, cfg.max_aspect, cfg.min_clip, cfg.max_watermark)
+                dataset = FileDataset(records, stage, self.buckets, cfg.recon_prompt)
+                self.log(f"data ({stage}): {len(records)} samples from {source} in {len(set(dataset.sizes))} bucket(s); left out while indexing: {self.index_skips.summary()}")
+                return dataset
+        if hasattr(source, "__getitem__") and hasattr(source, "__len__"):
+            dataset = SampleDataset(source, stage, self.buckets, cfg.recon_prompt)
+            self.log(f"data ({stage}): {len(dataset)} samples from {type(source).__name__}")
+            return dataset
+        self.log(f"data ({stage}): a stream from {type(source).__name__} (no index: resume replays it)")
+        return StreamBatches(source, stage, self.buckets, cfg.batch_size, acc.num_processes, acc.process_index, cfg.recon_prompt)
+
+    def _setup_data(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        self.buckets = model_buckets(self.model, cfg.image_size, cfg.max_aspect, square_only=not cfg.buckets)
+        source = self.dataset_source
+        require(source is not None, "give --data (a folder, a .jsonl manifest or 'shapesworld') or pass a dataset")
+        data = self._open_data(source, cfg.stage)
+        if cfg.replay_share > 0:
+            replay = self._open_data(cfg.replay_data or source, "t2i")
+            require(not isinstance(data, StreamBatches) and not isinstance(replay, StreamBatches),
+                    "--replay-share needs indexable data (a folder, a manifest, 'shapesworld' or a map-style dataset), not a stream")
+            data = ReplayMix(data, replay, cfg.replay_share, cfg.seed)
+            self.log(f"replay: {int(data.use_replay.sum())} of {len(data)} samples ({cfg.replay_share:.0%}) are text-to-image samples")
+        self.stream = data if isinstance(data, StreamBatches) else None
+        self.dataset = None if self.stream is not None else data
         if self.dataset is not None:
             self.sampler = BucketBatchSampler([self.dataset.bucket_of(i) for i in range(len(self.dataset))], cfg.batch_size, acc.num_processes, acc.process_index, cfg.seed)
 
@@ -562,7 +577,7 @@ class Trainer:
             st.write_json(tmp / st.STATE_NAME, {
                 "format": st.STATE_FORMAT, "format_version": st.STATE_VERSION,
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "stage": cfg.stage, "seed": cfg.seed, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
+                "stage": cfg.stage, "seed": cfg.seed, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "replay_share": cfg.replay_share,
                 "num_processes": acc.num_processes, "total_steps": self.total_steps, "warmup": self.warmup,
                 "lr": cfg.lr, "min_lr": cfg.min_lr, "scheduler": st.scheduler_state(self.scheduler),
                 "grad_scaler": st.jsonable(scaler) if scaler is not None else None,
@@ -579,8 +594,9 @@ class Trainer:
     def _load_state(self, folder: Path) -> None:
         acc, cfg = self.accelerator, self.cfg
         data = st.read_state(folder)
+        data.setdefault("replay_share", 0.0)  # checkpoints written before replay existed
         mismatch = [f"{k} {data[k]} (now {v})" for k, v in (("stage", cfg.stage), ("batch_size", cfg.batch_size), ("grad_accum", cfg.grad_accum),
-                                                               ("num_processes", acc.num_processes), ("seed", cfg.seed)) if data.get(k) != v]
+                                                               ("num_processes", acc.num_processes), ("seed", cfg.seed), ("replay_share", cfg.replay_share)) if data.get(k) != v]
         require(not mismatch, f"cannot resume from {folder} exactly: it was written with {', '.join(mismatch)}; use the same settings (or start a new --out)")
         saved_params = data["parameters"]
         current = parameter_table(self.model)
@@ -671,6 +687,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     p.add_argument("--resume", nargs="?", const="latest", help="continue from the newest checkpoint in --out (or from the folder given)")
     p.add_argument("--recon-prompt", default=d.recon_prompt, help="reconstruction stage's prompt (default: empty; see train/README.md)")
+    p.add_argument("--replay-share", type=float, default=d.replay_share,
+                   help="reconstruction/edit stages: share of the samples replaced by text-to-image samples, against forgetting (default %(default)s: the paper's recipe)")
+    p.add_argument("--replay-data", help="the text-to-image data replayed (default: --data, e.g. 'shapesworld')")
     p.add_argument("--no-buckets", dest="buckets", action="store_false", help="square image_size crops instead of aspect-ratio buckets")
     p.add_argument("--image-size", type=int, help="bucket area image_size^2 (default: the model's config.image_size)")
     p.add_argument("--max-aspect", type=float, default=d.max_aspect)
