@@ -6,8 +6,7 @@ latents at noise level sigma in [0, 1] (diffusers' timestep = 1000 * sigma), con
 connector output. Scale k runs at its own resolution (the latents' spatial size); nothing else tells
 the DiT which scale it paints. It also exposes the token output of any block, for the multi-scale
 representation alignment of section 3.2, and caches the caption path while a condition stays fixed
-(:meth:`DiffusionTransformer.constant_condition`, used by every denoising loop of the pipeline). Its 1x1
-convolutions run as one matrix multiply per batch (:mod:`.pointwise_conv`).
+(:meth:`DiffusionTransformer.constant_condition`, used by every denoising loop of the pipeline).
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from torch import nn
 
 from .connector import ScaleCondition
 from .errors import require
-from .pointwise_conv import pointwise_as_linear
 
 
 class DiffusionTransformer(nn.Module):
@@ -31,7 +29,6 @@ class DiffusionTransformer(nn.Module):
         require(kind in ("sd3", "sana"), f"unknown DiT kind {kind!r}; choose sd3 or sana")
         self.kind = kind
         self.transformer = transformer
-        pointwise_as_linear(transformer)
 
     @property
     def config(self):

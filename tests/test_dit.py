@@ -1,4 +1,4 @@
-"""The DiT wrapper's caption-path cache (dit.py: ``constant_condition``), for SANA and SD3, and its 1x1 convolutions as matrix multiplies."""
+"""The DiT wrapper's caption-path cache (dit.py: ``constant_condition``), for SANA and SD3."""
 
 from collections import Counter
 
@@ -7,7 +7,6 @@ import torch
 
 from hieraquery_core.connector import ScaleCondition
 from hieraquery_core.pipeline import HieraQueryPipeline, SamplingOptions
-from hieraquery_core.pointwise_conv import PointwiseConv2d, is_pointwise, pointwise_as_linear
 
 from tiny_models import make_model
 
@@ -95,24 +94,3 @@ def test_the_pipeline_samples_the_same_images_with_the_cache_as_without(monkeypa
     plain = pipe.generate("a red circle", seed=5, options=options).images
     for a, b in zip(cached, plain):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-
-
-def test_pointwise_convolutions_run_as_one_matrix_multiply_with_the_same_result():
-    model = make_model(dit="sana", mllm="causal_lm")
-    dit = model.dit
-    pointwise = [m for m in dit.modules() if isinstance(m, PointwiseConv2d)]
-    assert len(pointwise) == 2 * len(dit.blocks)  # each Mix-FFN's inverted and point convolutions
-    assert not any(is_pointwise(m) for m in dit.modules())  # the depthwise 3x3 and the patch-2 embedding stay convolutions
-    assert pointwise_as_linear(dit) == 0  # already converted
-    latents, condition = inputs(model)
-    convolution = torch.nn.Conv2d.forward
-    with torch.no_grad():
-        fast = dit(latents, torch.tensor(0.5), condition)
-        for m in pointwise:
-            m.forward = convolution.__get__(m)  # the same weights through nn.Conv2d's own path
-        reference = dit(latents, torch.tensor(0.5), condition)
-    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
-    for m in pointwise:
-        del m.forward
-    dit(latents, torch.tensor(0.5), condition).square().mean().backward()
-    assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in pointwise)
