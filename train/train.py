@@ -376,6 +376,8 @@ class Trainer:
         require(source is not None, "give --data (a folder, a .jsonl manifest or 'shapesworld') or pass a dataset")
         data = self._open_data(source, cfg.stage)
         if cfg.replay_share > 0:
+            require(cfg.replay_data is not None or cfg.stage == "reconstruction" or str(source) == "shapesworld",
+                    "--replay-share in the edit stage needs --replay-data (text-to-image pairs: a manifest, a folder or 'shapesworld'): edits carry instructions, not captions")
             replay = self._open_data(cfg.replay_data or source, "t2i")
             require(not isinstance(data, StreamBatches) and not isinstance(replay, StreamBatches),
                     "--replay-share needs indexable data (a folder, a manifest, 'shapesworld' or a map-style dataset), not a stream")
