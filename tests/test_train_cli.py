@@ -110,4 +110,4 @@ def test_a_later_stage_replays_text_to_image_samples(data, capsys):
     assert "replay_share 0.5 (now 0.0)" in capsys.readouterr().err
     for bad, message in ((["--stage", "t2i", "--replay-share", "0.3"], "means nothing with --stage t2i"), (["--replay-share", "1"], "must be in [0, 1)"),
                          (["--replay-data", "shapesworld"], "only read with --replay-share"), (["--replay-share", "0.5"], "needs --replay-data")):
-        assert main([*common, *bad]) == 2 and message in capsys.readouterr().err
+        assert main([*common, "--out", str(data / "edit-bad"), *bad]) == 2 and message in capsys.readouterr().err
