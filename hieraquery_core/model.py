@@ -140,20 +140,24 @@ class HieraQuery(nn.Module):
         images = [[torch.zeros_like(img) for img in imgs] if d else list(imgs) for imgs, d in zip(batch.images, drop_image.tolist())]
         return prompts, images
 
-    def training_loss(self, batch: TrainingBatch, generator: torch.Generator | None = None) -> LossOutput:
-        """Sum over scales of the flow-matching loss, plus alignment.weight x the alignment losses."""
+    def training_loss(self, batch: TrainingBatch, generator: torch.Generator | None = None, sigma: float | None = None, dropout: bool = True) -> LossOutput:
+        """Sum over scales of the flow-matching loss, plus alignment.weight x the alignment losses.
+
+        ``sigma`` fixes every sample's noise level (instead of drawing it) and ``dropout=False`` keeps every
+        prompt and image: with a seeded ``generator`` that is a deterministic held-out loss (train/evaluate.py).
+        """
         targets = batch.targets.to(self.device)
-        prompts, images = self.drop_conditions(batch, generator)
+        prompts, images = self.drop_conditions(batch, generator) if dropout else (list(batch.prompts), batch.images)
         conditions = self.condition(self.encode(prompts, images))
         features = self.mllm.vision_features(targets) if self.aligner is not None else None
         flow, align = [], []
         for condition, size in zip(conditions, self.scale_sizes(*targets.shape[-2:])):
             x0 = self.codec.encode(to_signed(resize(targets, size))).to(self.dtype)
             noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-            sigma = sample_sigmas(x0.shape[0], self.config.timestep_sampling, x0.device, generator)
+            sigmas = sample_sigmas(x0.shape[0], self.config.timestep_sampling, x0.device, generator) if sigma is None else torch.full((x0.shape[0],), sigma, device=x0.device)
             capture = self.dit.capture_block(self.config.alignment.block) if self.aligner is not None else nullcontext([])
             with capture as captured:
-                velocity = self.dit(noisy_latents(x0, noise, sigma), sigma, condition)
+                velocity = self.dit(noisy_latents(x0, noise, sigmas), sigmas, condition)
             flow.append(flow_matching_loss(velocity, x0, noise))
             if self.aligner is not None:
                 grid = (x0.shape[-2] // self.dit.patch_size, x0.shape[-1] // self.dit.patch_size)

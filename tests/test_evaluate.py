@@ -14,7 +14,7 @@ from hieraquery_core.pipeline import HieraQueryPipeline, SamplingOptions
 from hieraquery_core.shapesworld import heldout_prompts
 from hieraquery_core.tiny import tiny_config
 from train.ablations import VARIANTS, variant_config
-from train.evaluate import EvalSettings, evaluate_ground_truth, evaluate_model, heldout_edits, score_generations
+from train.evaluate import EvalSettings, evaluate_ground_truth, evaluate_model, heldout_edits, heldout_flow_loss, score_generations
 from train.make_demo import CONFIG
 from train.shapesworld_mllm import ASSET_DIR
 
@@ -41,11 +41,21 @@ def test_blank_and_shuffled_images_score_low():
 def test_random_model_scores_low_and_the_report_is_complete():
     torch.manual_seed(0)
     model = HieraQuery.from_config(tiny_config(image_size=64)).eval()
-    report = evaluate_model(model, EvalSettings(n=6, n_edits=4, batch=6, steps=2))
+    report = evaluate_model(model, EvalSettings(n=6, n_edits=4, batch=6, steps=2, flow_n=6))
     assert report["geneval"]["overall"] < 0.35
     assert report["edit_accuracy"]["overall"] < 0.5
     assert set(report["overall_by_scale"]) == {"16", "32", "64"}
     assert 0.0 <= report["cross_scale_consistency"] <= 1.0
+    assert len(report["flow_loss"]["per_scale"]) == 3 and report["flow_loss"]["final"] > 0
+
+
+def test_heldout_flow_loss_is_deterministic_and_shows_the_demo_uses_its_prompt():
+    model = load_checkpoint(bundled_demo())
+    with torch.inference_mode():
+        first, again = (heldout_flow_loss(model, EvalSettings(batch=16, flow_n=16)) for _ in range(2))
+    assert first == again  # fixed noise, no prompt dropout
+    assert first["final"] == first["per_scale"][-1] < first["final_rotated_prompts"]
+    assert first["prompt_gain"] > 0.05  # another scene's prompt predicts the held-out image worse
 
 
 def test_heldout_edits_are_deterministic_and_cover_every_kind():

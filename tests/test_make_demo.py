@@ -27,7 +27,7 @@ class Stop(Exception):
 def demo_args(root: Path, *extra: str) -> list[str]:
     """A make_demo command line for a tiny model (32 px, random Qwen2.5-VL + SANA), everything under ``root``."""
     return ["--config", str(root / "cfg.json"), "--steps", "2,2,1", "--batch", "1", "--threads", "1", "--save-every", "1", "--runs", str(root / "runs"),
-            "--publish-to", str(root / "asset"), "--eval-n", "6", "--eval-edits", "2", "--eval-steps", "1", *extra]
+            "--publish-to", str(root / "asset"), "--eval-n", "6", "--eval-edits", "2", "--eval-steps", "1", "--eval-flow-n", "4", *extra]
 
 
 def same_weights(a: Path, b: Path) -> bool:
@@ -121,7 +121,7 @@ def test_two_processes_train_every_stage_and_only_the_main_one_evaluates_and_pub
 
 
 def test_ablation_runs_go_through_the_trainer_and_are_reused(tmp_path):
-    argv = ["--variants", "single-256", "--seeds", "1", "--budget-steps", "1", "--batch", "1", "--eval-n", "6", "--eval-steps", "1", "--threads", "1",
+    argv = ["--variants", "single-256", "--seeds", "1", "--budget-steps", "1", "--batch", "1", "--eval-n", "6", "--eval-steps", "1", "--eval-flow-n", "4", "--threads", "1",
             "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "ablations.md")]
     ablations.main(argv)
     run = tmp_path / "runs" / "steps1-batch1" / "single-256-s0"
@@ -129,6 +129,8 @@ def test_ablation_runs_go_through_the_trainer_and_are_reused(tmp_path):
     assert "stage t2i: 1 steps" in log and (run / "checkpoints" / "step-0000001").is_dir()
     result = json.loads((run / "result.json").read_text())
     assert result["variant"] == "single-256" and result["num_queries"] == 256 and "overall" in result["geneval"]
-    assert "| single-256 | 16x16@1x | 256 |" in (tmp_path / "ablations.md").read_text()
+    report = (tmp_path / "ablations.md").read_text()
+    assert "| single-256 | 16x16@1x | 256 |" in report and result["flow_loss"]["n"] == 4
+    assert f"| {result['flow_loss']['final']:.3f} | {result['flow_loss']['prompt_gain']:.3f} | 1 |" in report  # held-out flow loss and prompt gain columns
     ablations.main(argv)  # the finished run is reused, not trained again
     assert (run / "train.log").read_text() == log
