@@ -15,7 +15,7 @@ from hieraquery_core.shapesworld import heldout_prompts
 from hieraquery_core.tiny import tiny_config
 from train.ablations import VARIANTS, variant_config
 from train.evaluate import EvalSettings, evaluate_ground_truth, evaluate_model, heldout_edits, heldout_flow_loss, score_generations
-from train.make_demo import CONFIG
+from train.make_demo import CONFIG, demo_config
 from train.shapesworld_mllm import ASSET_DIR
 
 
@@ -97,3 +97,11 @@ def test_ablation_variants_have_the_papers_scale_sets_and_query_counts():
         assert config.dit == base.dit and config.connector == base.connector and config.mllm == base.mllm
         HieraQueryConfig.from_dict(config.to_dict())
     assert [s.grid for s in base.scales] == [(4, 4), (8, 8), (16, 16)]
+
+
+@pytest.mark.parametrize("config_file", sorted(CONFIG.parent.glob("*.json")), ids=lambda p: p.name)
+def test_every_shipped_demo_config_builds_a_model_that_paints_every_scale(config_file):
+    model = HieraQuery.from_config(demo_config(config_file)).eval()
+    out = HieraQueryPipeline(model).generate(["a red circle"], seed=0, options=SamplingOptions(steps=1))
+    assert [tuple(img.shape[-2:]) for img in out.images] == [(16, 16), (32, 32), (64, 64)]
+    assert model.mllm.supports_images and not any(p.requires_grad for p in model.mllm.parameters())
