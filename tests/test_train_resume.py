@@ -31,11 +31,12 @@ def stop_at(step):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One straight 6-step edit run and one stopped after the step-3 checkpoint and resumed (tiny Qwen2.5-VL + SANA, 32 px)."""
+    """One straight 6-step edit run and one stopped after the step-3 checkpoint and resumed (tiny Qwen2.5-VL + SANA, 32 px;
+    half the samples are text-to-image replay, so batches mix samples with and without a source image)."""
     root = tmp_path_factory.mktemp("resume")
     tiny_config("sana", "qwen2_5_vl", "pixel").save(root / "cfg.json")
     common = dict(stage="edit", config=str(root / "cfg.json"), data="shapesworld", shapesworld_samples=10, steps=6, warmup=2,
-                  batch_size=2, grad_accum=2, log_every=1, progress=False)
+                  batch_size=2, grad_accum=2, log_every=1, progress=False, replay_share=0.5)
     straight = train(TrainConfig(out=str(root / "straight"), **common))
     with pytest.raises(Stop):
         train(TrainConfig(out=str(root / "resumed"), save_every=3, eval_every=3, **common), callbacks=[stop_at(3)])
@@ -56,6 +57,7 @@ def test_resumed_run_ends_bit_identical(runs):
     assert resumed.step == 6
     log = (root / "resumed" / "train.log").read_text()
     assert "resumed at step 3 (epoch 1, batch 1)" in log  # 5 batches per epoch, 2 per step: mid-epoch
+    assert "replay: 5 of 10 samples (50%)" in log
 
 
 def test_checkpoint_files_are_safetensors_and_json_only(runs):
@@ -88,6 +90,19 @@ def test_resume_with_another_config_is_refused(runs):
     other.save(root / "other.json")
     with pytest.raises(HieraQueryError, match="different model configuration.*scales"):
         Trainer(TrainConfig(out=str(root / "resumed"), resume="latest", **{**common, "config": str(root / "other.json")}))
+
+
+def test_resume_from_a_checkpoint_written_before_replay_existed_means_no_replay(runs, tmp_path):
+    root, common, *_ = runs
+    import shutil
+
+    shutil.copytree(root / "resumed", tmp_path / "old")
+    state_file = tmp_path / "old" / "checkpoints" / "step-0000006" / st.STATE_NAME
+    state = json.loads(state_file.read_text())
+    assert state.pop("replay_share") == 0.5
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(HieraQueryError, match="replay_share 0.0 \\(now 0.5\\)"):
+        Trainer(TrainConfig(out=str(tmp_path / "old"), resume="latest", **common))
 
 
 def test_resume_with_other_batch_size_is_refused(runs):
