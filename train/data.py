@@ -434,7 +434,7 @@ class ReplayMix(torch.utils.data.Dataset):
         require(0.0 <= share < 1.0, f"replay share {share} must be in [0, 1)")
         require(len(replay) > 0, "the replay dataset is empty")
         rng = np.random.default_rng([seed, REPLAY_STREAM])
-        self.primary, self.replay, self.share = primary, replay, share
+        self.primary, self.replay = primary, replay
         self.use_replay = rng.random(len(primary)) < share
         self.replay_index = rng.integers(len(replay), size=len(primary))
 
