@@ -72,6 +72,8 @@ def test_resume_continues_the_interrupted_stage_and_publishes(interrupted_then_r
     assert provenance["stages"] == {"t2i": 2, "reconstruction": 2, "edit": 1} and provenance["processes"] == 1 and provenance["command"].endswith("--resume")
     assert provenance["replay_share"] == 0.25 and "replay: " in recon_log and "replay: " in (runs / "edit" / "train.log").read_text()
     assert "replay: " not in (runs / "t2i" / "train.log").read_text()  # text-to-image samples are replayed in the later stages only
+    assert provenance["ema_decay"] == make_demo.EMA_DECAY == 0.999
+    assert all("moving average of the weights: decay 0.999" in (runs / stage / "train.log").read_text() for stage in ("t2i", "reconstruction", "edit"))
 
 
 def test_publishes_only_a_better_checkpoint_unless_forced(interrupted_then_resumed):

@@ -73,6 +73,8 @@ def test_command_line_errors_are_one_line(data, capsys):
     tiny_config("sana", "causal_lm", "pixel").save(data / "text-only.json")
     code = main(["--stage", "edit", "--config", str(data / "text-only.json"), "--data", str(data / "edits"), "--out", str(data / "textonly"), "--steps", "1"])
     assert code == 2 and "text-only" in capsys.readouterr().err
+    code = main(["--stage", "t2i", "--config", str(data / "cfg.json"), "--data", str(data / "pairs.jsonl"), "--out", str(data / "ema"), "--steps", "1", "--ema-decay", "1"])
+    assert code == 2 and "--ema-decay 1.0 must be in [0, 1)" in capsys.readouterr().err
 
 
 def test_python_api_with_datasets_streams_and_callbacks(data):
@@ -90,6 +92,21 @@ def test_python_api_with_datasets_streams_and_callbacks(data):
     config_object = tiny_config("sana", "qwen2_5_vl", "pixel")  # a HieraQueryConfig instead of a JSON path
     trainer = Trainer(TrainConfig(out=str(data / "api-stream"), **{**cfg, "eval_every": 0, "config": config_object}), dataset=stream())
     assert trainer.fit().step == 2 and trainer.batch_in_epoch == 2
+
+
+def test_evaluation_callbacks_see_the_moving_average_and_training_goes_on_with_the_raw_weights(data):
+    seen = []
+
+    def callback(trainer, step):
+        params = trainer.model.trainable_parameters()
+        seen.append(all(torch.equal(p, s) for p, s in zip(params, trainer.ema.shadow_params)))
+
+    trainer = Trainer(TrainConfig(stage="t2i", config=str(data / "cfg.json"), data=str(data / "pairs.jsonl"), steps=3, batch_size=2, lr=1e-2,
+                                  ema_decay=0.5, eval_every=1, progress=False, out=str(data / "ema-callbacks")), callbacks=[callback])
+    trainer.fit()
+    assert seen == [True, True, True]  # steps 1 and 2, and the end
+    raw = trainer.model.trainable_parameters()
+    assert not all(torch.equal(p, s) for p, s in zip(raw, trainer.ema.shadow_params))
 
 
 def test_a_batch_of_only_bad_samples_is_a_zero_loss_step(data):

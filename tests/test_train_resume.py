@@ -32,11 +32,13 @@ def stop_at(step):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One straight 6-step edit run and one stopped after the step-3 checkpoint and resumed (tiny Qwen2.5-VL + SANA, 32 px;
-    half the samples are text-to-image replay, so batches mix samples with and without a source image)."""
+    half the samples are text-to-image replay, so batches mix samples with and without a source image; a moving
+    average of the weights is kept, so final/ holds averaged weights)."""
     root = tmp_path_factory.mktemp("resume")
     tiny_config("sana", "qwen2_5_vl", "pixel").save(root / "cfg.json")
     common = dict(stage="edit", config=str(root / "cfg.json"), data="shapesworld", shapesworld_samples=10, steps=6, warmup=2,
-                  batch_size=2, grad_accum=2, log_every=1, progress=False, replay_share=0.5)
+                  batch_size=2, grad_accum=2, log_every=1, progress=False, replay_share=0.5,
+                  ema_decay=0.9)
     straight = train(TrainConfig(out=str(root / "straight"), **common))
     with pytest.raises(Stop):
         train(TrainConfig(out=str(root / "resumed"), save_every=3, eval_every=3, **common), callbacks=[stop_at(3)])
@@ -71,6 +73,36 @@ def test_checkpoint_files_are_safetensors_and_json_only(runs):
     assert state["step"] == 6 and state["scheduler"]["last_epoch"] == 6
     assert not list((root / "resumed" / "checkpoints").glob(".*")), "a temporary checkpoint folder was left behind"
     assert load_checkpoint(step / "model") is not None
+
+
+def test_final_model_is_the_moving_average(runs):
+    """With --ema-decay, final/ holds the averaged weights (saved beside the raw ones in every checkpoint), not the raw ones."""
+    from safetensors.torch import load_file
+
+    root = runs[0]
+    step = root / "resumed" / "checkpoints" / "step-0000006"
+    state = json.loads((step / st.STATE_NAME).read_text())
+    assert state["ema_decay"] == 0.9 and state["ema_step"] == 6
+    averaged = load_file(str(step / st.EMA_NAME))
+    raw = load_checkpoint(step / "model").state_dict()
+    final = load_checkpoint(root / "resumed" / "final").state_dict()
+    assert set(averaged) == set(state["parameters"])
+    assert all(torch.equal(final[k], averaged[k]) for k in averaged)
+    moved = [k for k in averaged if not torch.equal(raw[k], averaged[k])]
+    assert len(moved) > len(averaged) // 2, "the average should differ from the raw weights after 6 steps"
+    assert "wrote the averaged model" in (root / "resumed" / "train.log").read_text()
+
+
+def test_resume_with_another_ema_decay_is_refused(runs, tmp_path):
+    root, common, *_ = runs
+    with pytest.raises(HieraQueryError, match="ema_decay 0.9 \\(now 0.99\\)"):
+        Trainer(TrainConfig(out=str(root / "resumed"), resume="latest", **{**common, "ema_decay": 0.99}))
+    import shutil
+
+    shutil.copytree(root / "resumed", tmp_path / "damaged")
+    (tmp_path / "damaged" / "checkpoints" / "step-0000006" / st.EMA_NAME).unlink()
+    with pytest.raises(HieraQueryError, match="has no ema.safetensors.*resume from an older one"):
+        Trainer(TrainConfig(out=str(tmp_path / "damaged"), resume="latest", **common))
 
 
 def test_resume_with_more_steps_continues(runs, tmp_path):

@@ -91,7 +91,8 @@ def run_variant(variant: Variant, seed: int, base: HieraQueryConfig, args: argpa
     if result_file.is_file():
         return json.loads(result_file.read_text())
     start = time.time()
-    result = train(stage_config("t2i", out, args.budget_steps, args.batch, args.lr, seed, args.save_every, config=variant_config(base, variant), resume=True))
+    result = train(stage_config("t2i", out, args.budget_steps, args.batch, args.lr, seed, args.save_every, config=variant_config(base, variant), resume=True,
+                                ema_decay=args.ema_decay))
     report = None
     if state.is_main_process:
         with torch.inference_mode():

@@ -6,6 +6,7 @@ its ``safe_serialization`` only covers the model weights. So the trainer writes 
     step-000100/
         model/                       hieraquery_core.save_checkpoint (config.json + safetensors)
         optimizer.safetensors        every optimizer state tensor, flattened: "state/<param name>/<key>"
+        ema.safetensors              with --ema-decay: the moving average of the trainable parameters
         rng-rank<r>.safetensors      python / numpy / torch (CPU, CUDA) RNG states of process r
         trainer_state.json           step, epoch, position in the epoch, scheduler, grad scaler,
                                      optimizer param groups, parameter names and shapes, run settings
@@ -37,6 +38,7 @@ from hieraquery_core.errors import HieraQueryError, require
 
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
+EMA_NAME = "ema.safetensors"
 MODEL_DIR = "model"
 STEP_PREFIX = "step-"
 STATE_FORMAT = "hieraquery-trainer"
@@ -160,6 +162,23 @@ def load_optimizer(path: Path, json_part: dict[str, Any]) -> dict[str, Any]:
     except (SafetensorError, OSError) as exc:
         raise HieraQueryError(f"{path} is not a readable safetensors file ({exc}); the checkpoint is damaged, resume from an older one") from exc
     return unflatten_optimizer_state(tensors, json_part["param_groups"], json_part.get("scalars", {}))
+
+
+def save_ema(path: Path, names: list[str], shadow: list[torch.Tensor]) -> None:
+    """The exponential moving average of the trainable parameters, keyed by parameter name."""
+    save_file({n: t.detach().contiguous().cpu() for n, t in zip(names, shadow)}, str(path), metadata={"format": "pt"})
+
+
+def load_ema(path: Path, names: list[str]) -> list[torch.Tensor]:
+    """The averaged parameters written by :func:`save_ema`, in the order of ``names``."""
+    require(path.is_file(), f"{path.parent} has no {path.name} although its run averaged the weights (--ema-decay); the checkpoint is damaged, resume from an older one")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise HieraQueryError(f"{path} is not a readable safetensors file ({exc}); the checkpoint is damaged, resume from an older one") from exc
+    missing = [n for n in names if n not in tensors]
+    require(not missing, f"{path} lacks the averages of {missing[:5]}; it belongs to a different configuration")
+    return [tensors[n] for n in names]
 
 
 # --- JSON helpers ---------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,7 @@ class TrainConfig:
     recon_prompt: str = ""
     replay_share: float = 0.0
     replay_data: str | None = None
+    ema_decay: float = 0.0
     buckets: bool = True
     image_size: int | None = None
     max_aspect: float = MAX_ASPECT_RATIO
@@ -114,6 +115,7 @@ class TrainConfig:
         require(0 <= self.replay_share < 1, f"--replay-share {self.replay_share} must be in [0, 1)")
         require(self.replay_share == 0 or self.stage != "t2i", "--replay-share replays text-to-image samples in a later stage; it means nothing with --stage t2i")
         require(self.replay_data is None or self.replay_share > 0, "--replay-data is only read with --replay-share > 0")
+        require(0 <= self.ema_decay < 1, f"--ema-decay {self.ema_decay} must be in [0, 1) (0: no moving average; 0.999 is usual)")
 
 
 @dataclass
@@ -267,6 +269,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)
         self.scheduler = make_scheduler(self.optimizer, self.total_steps, self.warmup, cfg.min_lr)
         self.wrapped, self.optimizer = acc.prepare(LossModule(self.model), self.optimizer)
+        self.ema = self._make_ema()
         # The scheduler is not given to accelerate: it would step it once per process; it follows optimizer steps here.
         if resume_dir is not None:
             self._load_state(resume_dir)
@@ -388,6 +391,31 @@ class Trainer:
         if self.dataset is not None:
             self.sampler = BucketBatchSampler([self.dataset.bucket_of(i) for i in range(len(self.dataset))], cfg.batch_size, acc.num_processes, acc.process_index, cfg.seed)
 
+    def _make_ema(self):
+        """With ``--ema-decay``: diffusers' ``EMAModel`` over the trainable parameters (None without)."""
+        if self.cfg.ema_decay == 0:
+            return None
+        require(not (self.sharded or self.deepspeed), "--ema-decay averages whole parameters, and under FSDP / DeepSpeed each process holds a shard; "
+                                                        "train with DDP (train/accelerate/ddp.yaml) or without --ema-decay")
+        from diffusers.training_utils import EMAModel
+
+        self.log(f"moving average of the weights: decay {self.cfg.ema_decay} (final/ and evaluations use the averaged weights; checkpoints keep both)")
+        return EMAModel(self.model.trainable_parameters(), decay=self.cfg.ema_decay)
+
+    @contextmanager
+    def averaged_weights(self) -> Iterator[None]:
+        """Inside the block the model holds the moving average of its weights (with ``--ema-decay``; otherwise unchanged)."""
+        if self.ema is None:
+            yield
+            return
+        params = self.model.trainable_parameters()
+        self.ema.store(params)
+        self.ema.copy_to(params)
+        try:
+            yield
+        finally:
+            self.ema.restore(params)
+
     def _total_steps(self) -> int:
         cfg = self.cfg
         if cfg.steps:
@@ -449,6 +477,8 @@ class Trainer:
             norm = acc.clip_grad_norm_(self.model.trainable_parameters() if not (self.sharded or self.deepspeed) else self.wrapped.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.step(self.model.trainable_parameters())
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return total, scales, norm
@@ -533,7 +563,7 @@ class Trainer:
             return
         self.model.eval()
         try:
-            with st.preserved_rng(), torch.no_grad():
+            with st.preserved_rng(), torch.no_grad(), self.averaged_weights():
                 for callback in self.callbacks:
                     callback(self, self.step)
         finally:
@@ -575,11 +605,14 @@ class Trainer:
         if acc.is_main_process:
             save_checkpoint(model, tmp / st.MODEL_DIR, embed_backbones=False)
             optimizer_json = st.save_optimizer(tmp / st.OPTIMIZER_NAME, optimizer_state) if optimizer_state is not None else None
+            if self.ema is not None:
+                st.save_ema(tmp / st.EMA_NAME, list(parameter_table(self.model)), self.ema.shadow_params)
             scaler = acc.scaler.state_dict() if getattr(acc, "scaler", None) is not None else None
             st.write_json(tmp / st.STATE_NAME, {
                 "format": st.STATE_FORMAT, "format_version": st.STATE_VERSION,
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "stage": cfg.stage, "seed": cfg.seed, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "replay_share": cfg.replay_share,
+                "ema_decay": cfg.ema_decay, "ema_step": self.ema.optimization_step if self.ema is not None else None,
                 "num_processes": acc.num_processes, "total_steps": self.total_steps, "warmup": self.warmup,
                 "lr": cfg.lr, "min_lr": cfg.min_lr, "scheduler": st.scheduler_state(self.scheduler),
                 "grad_scaler": st.jsonable(scaler) if scaler is not None else None,
@@ -597,8 +630,10 @@ class Trainer:
         acc, cfg = self.accelerator, self.cfg
         data = st.read_state(folder)
         data.setdefault("replay_share", 0.0)  # checkpoints written before replay existed
+        data.setdefault("ema_decay", 0.0)  # ... or before the moving average
         mismatch = [f"{k} {data[k]} (now {v})" for k, v in (("stage", cfg.stage), ("batch_size", cfg.batch_size), ("grad_accum", cfg.grad_accum),
-                                                               ("num_processes", acc.num_processes), ("seed", cfg.seed), ("replay_share", cfg.replay_share)) if data.get(k) != v]
+                                                               ("num_processes", acc.num_processes), ("seed", cfg.seed), ("replay_share", cfg.replay_share),
+                                                               ("ema_decay", cfg.ema_decay)) if data.get(k) != v]
         require(not mismatch, f"cannot resume from {folder} exactly: it was written with {', '.join(mismatch)}; use the same settings (or start a new --out)")
         saved_params = data["parameters"]
         current = parameter_table(self.model)
@@ -619,6 +654,11 @@ class Trainer:
         else:
             self.scheduler.last_epoch = sched["last_epoch"] - 1
             self.scheduler.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for shadow, saved in zip(self.ema.shadow_params, st.load_ema(folder / st.EMA_NAME, list(parameter_table(self.model)))):
+                    shadow.copy_(saved)
+            self.ema.optimization_step = data["ema_step"]
         if data.get("grad_scaler") and getattr(acc, "scaler", None) is not None:
             acc.scaler.load_state_dict(data["grad_scaler"])
         st.load_rng(folder / st.rng_name(acc.process_index))
@@ -629,12 +669,13 @@ class Trainer:
         self.log(f"resumed at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch}), lr {self.optimizer.param_groups[0]['lr']:.3e}")
 
     def export(self) -> Path | None:
-        """Write the trained model to ``out/final`` (a hieraquery_core checkpoint folder, atomically)."""
-        model = self._model_for_saving()
+        """Write the trained model (with ``--ema-decay``, its moving average) to ``out/final`` (a hieraquery_core checkpoint folder, atomically)."""
         path = None
-        if self.accelerator.is_main_process:
-            path = save_checkpoint(model, self.out / "final", embed_backbones=self.cfg.embed_backbones)
-            self.log(f"wrote the model to {path}")
+        with self.averaged_weights():
+            model = self._model_for_saving()
+            if self.accelerator.is_main_process:
+                path = save_checkpoint(model, self.out / "final", embed_backbones=self.cfg.embed_backbones)
+                self.log(f"wrote the {'averaged ' if self.ema is not None else ''}model to {path}")
         self.accelerator.wait_for_everyone()
         return path
 
@@ -691,6 +732,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recon-prompt", default=d.recon_prompt, help="reconstruction stage's prompt (default: empty; see train/README.md)")
     p.add_argument("--replay-share", type=float, default=d.replay_share,
                    help="reconstruction/edit stages: share of the samples replaced by text-to-image samples, against forgetting (default %(default)s: the paper's recipe)")
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay,
+                   help="keep an exponential moving average of the weights with this decay (diffusers' EMAModel; e.g. 0.999) and export it as final/ (default: off)")
     p.add_argument("--replay-data", help="the text-to-image data replayed (default: --data, e.g. 'shapesworld')")
     p.add_argument("--no-buckets", dest="buckets", action="store_false", help="square image_size crops instead of aspect-ratio buckets")
     p.add_argument("--image-size", type=int, help="bucket area image_size^2 (default: the model's config.image_size)")
