@@ -62,8 +62,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "train" / "configs" / "shapesworld-demo.json"
 ASSET = ROOT / "hieraquery_core" / "assets" / "shapesworld-demo"
 MIN_LR_FRACTION = 0.1
-EMA_DECAY = 0.999
 """The schedule starts and ends at lr x this."""
+EMA_DECAY = 0.999
+"""Decay of the moving average of the weights each stage exports (``--ema-decay``)."""
 
 
 def demo_config(path: Path) -> HieraQueryConfig:

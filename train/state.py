@@ -156,11 +156,16 @@ def save_optimizer(path: Path, state: dict[str, Any]) -> dict[str, Any]:
     return {"param_groups": groups, "scalars": scalars}
 
 
-def load_optimizer(path: Path, json_part: dict[str, Any]) -> dict[str, Any]:
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's safetensors file, or one clear error saying it is damaged."""
     try:
-        tensors = load_file(str(path))
+        return load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise HieraQueryError(f"{path} is not a readable safetensors file ({exc}); the checkpoint is damaged, resume from an older one") from exc
+
+
+def load_optimizer(path: Path, json_part: dict[str, Any]) -> dict[str, Any]:
+    tensors = read_tensors(path)
     return unflatten_optimizer_state(tensors, json_part["param_groups"], json_part.get("scalars", {}))
 
 
@@ -172,10 +177,7 @@ def save_ema(path: Path, names: list[str], shadow: list[torch.Tensor]) -> None:
 def load_ema(path: Path, names: list[str]) -> list[torch.Tensor]:
     """The averaged parameters written by :func:`save_ema`, in the order of ``names``."""
     require(path.is_file(), f"{path.parent} has no {path.name} although its run averaged the weights (--ema-decay); the checkpoint is damaged, resume from an older one")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise HieraQueryError(f"{path} is not a readable safetensors file ({exc}); the checkpoint is damaged, resume from an older one") from exc
+    tensors = read_tensors(path)
     missing = [n for n in names if n not in tensors]
     require(not missing, f"{path} lacks the averages of {missing[:5]}; it belongs to a different configuration")
     return [tensors[n] for n in names]

@@ -732,9 +732,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recon-prompt", default=d.recon_prompt, help="reconstruction stage's prompt (default: empty; see train/README.md)")
     p.add_argument("--replay-share", type=float, default=d.replay_share,
                    help="reconstruction/edit stages: share of the samples replaced by text-to-image samples, against forgetting (default %(default)s: the paper's recipe)")
+    p.add_argument("--replay-data", help="the text-to-image data replayed (default: --data, e.g. 'shapesworld')")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay,
                    help="keep an exponential moving average of the weights with this decay (diffusers' EMAModel; e.g. 0.999) and export it as final/ (default: off)")
-    p.add_argument("--replay-data", help="the text-to-image data replayed (default: --data, e.g. 'shapesworld')")
     p.add_argument("--no-buckets", dest="buckets", action="store_false", help="square image_size crops instead of aspect-ratio buckets")
     p.add_argument("--image-size", type=int, help="bucket area image_size^2 (default: the model's config.image_size)")
     p.add_argument("--max-aspect", type=float, default=d.max_aspect)
