@@ -112,6 +112,8 @@ class HieraQueryConfig:
     prompt_dropout: float = 0.1
     image_dropout: float = 0.1
     timestep_sampling: str = "logit_normal"
+    timestep_logit_mean: float = 0.0
+    timestep_logit_std: float = 1.0
     scheduler_shift: float = 1.0
     name: str = "hieraquery"
 
@@ -131,6 +133,7 @@ class HieraQueryConfig:
         resolutions = [s.resolution for s in self.scales]
         require(resolutions == sorted(resolutions), f"scales must go coarse to fine; got resolutions {resolutions}")
         require(self.timestep_sampling in ("uniform", "logit_normal"), "timestep_sampling must be 'uniform' or 'logit_normal'")
+        require(self.timestep_logit_std > 0, f"timestep_logit_std is {self.timestep_logit_std}; it must be positive (SD3 uses 1.0)")
 
     @property
     def num_queries(self) -> int:

@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from diffusers.training_utils import compute_density_for_timestep_sampling
 
 
-def sample_sigmas(batch: int, scheme: str, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Noise levels in (0, 1) for a batch: 'uniform' or 'logit_normal' (mean 0, std 1)."""
+def sample_sigmas(batch: int, scheme: str, device: torch.device, generator: torch.Generator | None = None, logit_mean: float = 0.0, logit_std: float = 1.0) -> torch.Tensor:
+    """Noise levels in (0, 1) for a batch: 'uniform', or 'logit_normal' (sigmoid of a normal draw; SD3 uses
+    mean 0, std 1; a positive mean trains more often near pure noise, where the layout is decided)."""
     weighting = "logit_normal" if scheme == "logit_normal" else "none"
-    sigmas = compute_density_for_timestep_sampling(weighting, batch, logit_mean=0.0, logit_std=1.0, device="cpu", generator=generator)
+    sigmas = compute_density_for_timestep_sampling(weighting, batch, logit_mean=logit_mean, logit_std=logit_std, device="cpu", generator=generator)
     return sigmas.to(device)
 
 

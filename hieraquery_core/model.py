@@ -150,16 +150,27 @@ class HieraQuery(nn.Module):
         prompts, images = self.drop_conditions(batch, generator) if dropout else (list(batch.prompts), batch.images)
         conditions = self.condition(self.encode(prompts, images))
         features = self.mllm.vision_features(targets) if self.aligner is not None else None
+        return self.scale_losses(conditions, targets, generator, sigma, features)
+
+    def scale_losses(self, conditions: list[ScaleCondition], targets: torch.Tensor, generator: torch.Generator | None = None,
+                     sigma: float | None = None, features: torch.Tensor | None = None) -> LossOutput:
+        """Eq. 5's flow-matching loss of every scale for given conditions (and, with the MLLM's vision
+        ``features`` of the targets, section 3.2's alignment losses): the part of :meth:`training_loss` after
+        encoding, so a held-out loss can reuse one encoding for several noise levels."""
         flow, align = [], []
         for condition, size in zip(conditions, self.scale_sizes(*targets.shape[-2:])):
             x0 = self.codec.encode(to_signed(resize(targets, size))).to(self.dtype)
             noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-            sigmas = sample_sigmas(x0.shape[0], self.config.timestep_sampling, x0.device, generator) if sigma is None else torch.full((x0.shape[0],), sigma, device=x0.device)
-            capture = self.dit.capture_block(self.config.alignment.block) if self.aligner is not None else nullcontext([])
+            if sigma is None:
+                sigmas = sample_sigmas(x0.shape[0], self.config.timestep_sampling, x0.device, generator, self.config.timestep_logit_mean, self.config.timestep_logit_std)
+            else:
+                sigmas = torch.full((x0.shape[0],), sigma, device=x0.device)
+            aligned = self.aligner is not None and features is not None
+            capture = self.dit.capture_block(self.config.alignment.block) if aligned else nullcontext([])
             with capture as captured:
                 velocity = self.dit(noisy_latents(x0, noise, sigmas), sigmas, condition)
             flow.append(flow_matching_loss(velocity, x0, noise))
-            if self.aligner is not None:
+            if aligned:
                 grid = (x0.shape[-2] // self.dit.patch_size, x0.shape[-1] // self.dit.patch_size)
                 align.append(self.aligner(captured[0], grid, features))
         total = torch.stack(flow).sum()

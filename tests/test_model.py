@@ -1,5 +1,7 @@
 """The whole model at tiny sizes: shapes, dtypes, gradients, losses (sections 3.1-3.2, Eq. 1-5)."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -157,6 +159,23 @@ def test_condition_dropout_empties_prompts_and_blackens_images():
     model.config.prompt_dropout = model.config.image_dropout = 0.0
     prompts, images = model.drop_conditions(batch, None)
     assert prompts == batch.prompts and torch.equal(images[0][0], batch.images[0][0])
+
+
+def test_training_noise_levels_follow_the_configured_logit_normal():
+    """sigma = sigmoid(N(mean, std)) per sample and scale (section 4.2's flow matching; SD3's logit-normal)."""
+    model = make_model()
+    seen = []
+    model.dit.register_forward_pre_hook(lambda module, args: seen.append(args[1].clone()))
+    medians = {}
+    for mean in (0.0, 1.5):
+        model.config.timestep_logit_mean = mean
+        seen.clear()
+        for seed in range(40):
+            model.training_loss(batch_for(model), torch.Generator().manual_seed(seed))
+        medians[mean] = torch.cat(seen).median().item()
+    assert abs(medians[0.0] - 0.5) < 0.1 and abs(medians[1.5] - torch.sigmoid(torch.tensor(1.5)).item()) < 0.1
+    with pytest.raises(HieraQueryError, match="timestep_logit_std"):
+        dataclasses.replace(model.config, timestep_logit_std=0.0)
 
 
 def test_single_scale_configuration_uses_the_same_code_path():

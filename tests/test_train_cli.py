@@ -77,6 +77,19 @@ def test_command_line_errors_are_one_line(data, capsys):
     assert code == 2 and "--ema-decay 1.0 must be in [0, 1)" in capsys.readouterr().err
 
 
+def test_noise_level_flags_override_the_model_config_and_must_match_on_resume(data, capsys):
+    common = ["--stage", "t2i", "--init-from", str(data / "t2i"), "--data", str(data / "pairs.jsonl"), "--out", str(data / "noise"), "--batch-size", "2", "--no-progress"]
+    assert main([*common, "--steps", "2", "--save-every", "1", "--timestep-logit-mean", "1.5", "--timestep-logit-std", "0.5"]) == 0
+    config = load_checkpoint(data / "noise" / "final").config
+    assert (config.timestep_logit_mean, config.timestep_logit_std) == (1.5, 0.5)
+    assert HieraQueryConfig.load(data / "t2i" / "final" / "config.json").timestep_logit_mean == 0.0  # the source is untouched
+    capsys.readouterr()
+    assert main([*common, "--steps", "3", "--resume", "--timestep-logit-mean", "0.5", "--timestep-logit-std", "0.5"]) == 2
+    assert "timestep_logit_mean: checkpoint 1.5 vs this run 0.5" in capsys.readouterr().err
+    assert main([*common, "--steps", "1", "--timestep-logit-std", "0"]) == 2
+    assert "--timestep-logit-std 0.0 must be positive" in capsys.readouterr().err
+
+
 def test_python_api_with_datasets_streams_and_callbacks(data):
     cfg = dict(stage="t2i", config=str(data / "cfg.json"), steps=2, batch_size=2, progress=False, eval_every=1)
     calls = []

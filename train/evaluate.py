@@ -28,7 +28,7 @@ import torch
 
 from hieraquery_core.checkpoint import load_checkpoint
 from hieraquery_core.images import resize
-from hieraquery_core.model import HieraQuery, TrainingBatch
+from hieraquery_core.model import HieraQuery
 from hieraquery_core.pipeline import HieraQueryPipeline, SamplingOptions
 from hieraquery_core.shapesworld import (CATEGORIES, cross_scale_consistency, edit_accuracy, edit_triplets, geneval,
                                          heldout_pairs, heldout_prompts, render, render_scales, sample_prompt)
@@ -141,12 +141,13 @@ def heldout_flow_loss(model: HieraQuery, settings: EvalSettings, sigmas: Sequenc
     prompts = [p for _, p, _ in pairs]
     rotated = prompts[1:] + prompts[:1]
     losses = {"right": [], "rotated": []}
-    for sigma in sigmas:
-        for name, chosen in (("right", prompts), ("rotated", rotated)):
-            for start in range(0, n, settings.batch):
-                chunk = slice(start, start + settings.batch)
+    for name, chosen in (("right", prompts), ("rotated", rotated)):
+        for start in range(0, n, settings.batch):
+            chunk = slice(start, start + settings.batch)
+            conditions = model.condition(model.encode(chosen[chunk]))  # once for every noise level
+            for sigma in sigmas:
                 generator = torch.Generator().manual_seed(settings.seed + start)  # the same noise for both prompt sets
-                flow = model.training_loss(TrainingBatch(chosen[chunk], targets[chunk]), generator, sigma=sigma, dropout=False).flow
+                flow = model.scale_losses(conditions, targets[chunk].to(model.device), generator, sigma=sigma).flow
                 losses[name].append(torch.stack(flow).float() * len(chosen[chunk]) / n)
     right, wrong = (torch.stack(losses[k]).sum(0) / len(sigmas) for k in ("right", "rotated"))
     return {"sigmas": list(sigmas), "n": n, "per_scale": [round(v, 5) for v in right.tolist()], "final": round(float(right[-1]), 5),

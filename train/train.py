@@ -96,6 +96,8 @@ class TrainConfig:
     replay_share: float = 0.0
     replay_data: str | None = None
     ema_decay: float = 0.0
+    timestep_logit_mean: float | None = None
+    timestep_logit_std: float | None = None
     buckets: bool = True
     image_size: int | None = None
     max_aspect: float = MAX_ASPECT_RATIO
@@ -116,6 +118,12 @@ class TrainConfig:
         require(self.replay_share == 0 or self.stage != "t2i", "--replay-share replays text-to-image samples in a later stage; it means nothing with --stage t2i")
         require(self.replay_data is None or self.replay_share > 0, "--replay-data is only read with --replay-share > 0")
         require(0 <= self.ema_decay < 1, f"--ema-decay {self.ema_decay} must be in [0, 1) (0: no moving average; 0.999 is usual)")
+        require(self.timestep_logit_std is None or self.timestep_logit_std > 0, f"--timestep-logit-std {self.timestep_logit_std} must be positive (SD3 uses 1.0)")
+
+    def noise_overrides(self) -> dict[str, float]:
+        """The model-config fields that --timestep-logit-mean/--timestep-logit-std replace (those given)."""
+        given = {"timestep_logit_mean": self.timestep_logit_mean, "timestep_logit_std": self.timestep_logit_std}
+        return {k: v for k, v in given.items() if v is not None}
 
 
 @dataclass
@@ -174,7 +182,7 @@ def config_base_dir(config: HieraQueryConfig, config_path: Path) -> Path | None:
     return None
 
 
-COMPARED = ("scales", "image_size", "alignment", "timestep_sampling", "prompt_dropout", "image_dropout")
+COMPARED = ("scales", "image_size", "alignment", "timestep_sampling", "timestep_logit_mean", "timestep_logit_std", "prompt_dropout", "image_dropout")
 
 
 def architecture(config: HieraQueryConfig) -> dict[str, Any]:
@@ -335,6 +343,9 @@ class Trainer:
             base_dir = config_base_dir(wanted, config_path)
         elif cfg.init_from:
             wanted = HieraQueryConfig.load(resolve_model_folder(cfg.init_from) / CONFIG_NAME)
+        overrides = cfg.noise_overrides()
+        if wanted is not None:
+            wanted = dataclasses.replace(wanted, **overrides)
         if resume_dir is not None:
             folder = resume_dir / st.MODEL_DIR
             saved = HieraQueryConfig.load(folder / CONFIG_NAME)
@@ -344,8 +355,10 @@ class Trainer:
             return load_checkpoint(folder)
         if cfg.init_from:
             folder = resolve_model_folder(cfg.init_from)
-            self.log(f"initialising from {folder}")
-            return load_checkpoint(folder)
+            self.log(f"initialising from {folder}" + (f" (noise levels: {overrides})" if overrides else ""))
+            model = load_checkpoint(folder)
+            model.config = dataclasses.replace(model.config, **overrides)
+            return model
         require(wanted is not None, "give --config CONFIG.json (a HieraQueryConfig, for the first stage) or --init-from CHECKPOINT (the previous stage's final/)")
         torch.manual_seed(cfg.seed)
         model = HieraQuery.from_config(wanted, base_dir=base_dir)
@@ -735,6 +748,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replay-data", help="the text-to-image data replayed (default: --data, e.g. 'shapesworld')")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay,
                    help="keep an exponential moving average of the weights with this decay (diffusers' EMAModel; e.g. 0.999) and export it as final/ (default: off)")
+    p.add_argument("--timestep-logit-mean", type=float,
+                   help="training noise levels are sigmoid(N(mean, std)) (SD3's logit-normal); a positive mean trains nearer pure noise (default: the model config's, 0)")
+    p.add_argument("--timestep-logit-std", type=float, help="the std of that normal (default: the model config's, 1)")
     p.add_argument("--no-buckets", dest="buckets", action="store_false", help="square image_size crops instead of aspect-ratio buckets")
     p.add_argument("--image-size", type=int, help="bucket area image_size^2 (default: the model's config.image_size)")
     p.add_argument("--max-aspect", type=float, default=d.max_aspect)
