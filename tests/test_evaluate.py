@@ -56,6 +56,10 @@ def test_heldout_flow_loss_is_deterministic_and_shows_the_demo_uses_its_prompt()
     assert first == again  # fixed noise, no prompt dropout
     assert first["final"] == first["per_scale"][-1] < first["final_rotated_prompts"]
     assert first["prompt_gain"] > 0.05  # another scene's prompt predicts the held-out image worse
+    by_sigma = first["final_by_sigma"]
+    assert set(by_sigma) == {"0.3", "0.6", "0.9"}
+    assert abs(sum(v["final"] for v in by_sigma.values()) / 3 - first["final"]) < 1e-4  # the average is over these noise levels
+    assert by_sigma["0.9"]["final"] > by_sigma["0.3"]["final"]  # near pure noise the image is harder to predict
 
 
 def test_heldout_edits_are_deterministic_and_cover_every_kind():

@@ -132,7 +132,7 @@ def heldout_flow_loss(model: HieraQuery, settings: EvalSettings, sigmas: Sequenc
     (each image given another scene's prompt, the same noise). GenEval stays 0 until a model paints
     recognisable shapes; this moves from the first steps, so it separates variants at small budgets.
     ``prompt_gain`` = 1 - right / rotated at the final scale: how much of the loss the prompt explains
-    (0: the prompt is ignored).
+    (0: the prompt is ignored); ``final_by_sigma`` gives the final-scale loss and gain at each noise level.
     """
     n = settings.flow_n
     pairs = heldout_pairs(n, settings.seed)
@@ -140,7 +140,7 @@ def heldout_flow_loss(model: HieraQuery, settings: EvalSettings, sigmas: Sequenc
     targets = resize(torch.stack([to_pixels(render(scene)) for _, _, scene in pairs]), (side, side))
     prompts = [p for _, p, _ in pairs]
     rotated = prompts[1:] + prompts[:1]
-    losses = {"right": [], "rotated": []}
+    losses = {(name, sigma): [] for name in ("right", "rotated") for sigma in sigmas}
     for name, chosen in (("right", prompts), ("rotated", rotated)):
         for start in range(0, n, settings.batch):
             chunk = slice(start, start + settings.batch)
@@ -148,10 +148,14 @@ def heldout_flow_loss(model: HieraQuery, settings: EvalSettings, sigmas: Sequenc
             for sigma in sigmas:
                 generator = torch.Generator().manual_seed(settings.seed + start)  # the same noise for both prompt sets
                 flow = model.scale_losses(conditions, targets[chunk].to(model.device), generator, sigma=sigma).flow
-                losses[name].append(torch.stack(flow).float() * len(chosen[chunk]) / n)
-    right, wrong = (torch.stack(losses[k]).sum(0) / len(sigmas) for k in ("right", "rotated"))
+                losses[name, sigma].append(torch.stack(flow).float() * len(chosen[chunk]) / n)
+    per_sigma = {key: torch.stack(parts).sum(0) for key, parts in losses.items()}  # [scales] per (prompts, sigma)
+    right, wrong = (sum(per_sigma[name, sigma] for sigma in sigmas) / len(sigmas) for name in ("right", "rotated"))
+    by_sigma = {str(sigma): {"final": round(float(per_sigma["right", sigma][-1]), 5),
+                             "prompt_gain": round(float(1 - per_sigma["right", sigma][-1] / per_sigma["rotated", sigma][-1]), 4)} for sigma in sigmas}
     return {"sigmas": list(sigmas), "n": n, "per_scale": [round(v, 5) for v in right.tolist()], "final": round(float(right[-1]), 5),
-            "final_rotated_prompts": round(float(wrong[-1]), 5), "prompt_gain": round(float(1 - right[-1] / wrong[-1]), 4)}
+            "final_rotated_prompts": round(float(wrong[-1]), 5), "prompt_gain": round(float(1 - right[-1] / wrong[-1]), 4),
+            "final_by_sigma": by_sigma}
 
 
 def evaluate_model(model: HieraQuery, settings: EvalSettings) -> dict:
