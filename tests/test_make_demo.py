@@ -110,6 +110,17 @@ def test_bad_steps_stop_with_the_expected_form(capsys):
         make_demo.parse_args(["--no-publish", "--force-publish"])
 
 
+def test_a_missing_shapesworld_backbone_is_trained_only_when_the_config_uses_it(tmp_path):
+    asset = tmp_path / "assets" / "shapesworld-vae"
+    weights = "diffusion_pytorch_model.safetensors"
+    assert make_demo.missing_asset(str(asset), asset, weights)  # the config's codec is the asset and it is not there
+    assert not make_demo.missing_asset(None, asset, weights)  # pixel space: no codec path
+    assert not make_demo.missing_asset(str(tmp_path / "elsewhere"), asset, weights)  # a VAE of the user's own
+    asset.mkdir(parents=True)
+    (asset / weights).write_bytes(b"")
+    assert not make_demo.missing_asset(str(asset / ".." / "shapesworld-vae"), asset, weights)  # trained already
+
+
 def test_two_processes_train_every_stage_and_only_the_main_one_evaluates_and_publishes(tmp_path):
     tiny_config("sana", "qwen2_5_vl", "pixel").save(tmp_path / "cfg.json")
     proc = launch_two_cpu_processes("-m", "train.make_demo", *demo_args(tmp_path))

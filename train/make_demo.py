@@ -10,6 +10,8 @@ Steps (paper section 4.2, in miniature):
 
 0. the frozen MLLM: :mod:`train.shapesworld_mllm` pretrains a small Qwen2.5-VL on ShapesWorld captions and
    questions once (only when the config's MLLM is ``hieraquery_core/assets/shapesworld-mllm`` and it is missing);
+   likewise :mod:`train.shapesworld_vae` trains the autoencoder of a latent-space config
+   (``train/configs/shapesworld-demo-latent.json``) when ``hieraquery_core/assets/shapesworld-vae`` is missing;
 1. text-to-image pretraining on ShapesWorld's training pairs (held-out prompts and scenes are never drawn);
 2. image reconstruction: empty prompt + the image as MLLM input -> the same image (the editing stage's
    image-only guidance branch, see ``train/data.py``);
@@ -53,7 +55,7 @@ import torch
 from hieraquery_core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint, replace_directory
 from hieraquery_core.config import HieraQueryConfig
 from hieraquery_core.errors import HieraQueryError
-from train import shapesworld_mllm
+from train import shapesworld_mllm, shapesworld_vae
 from train.data import STAGES
 from train.evaluate import EvalSettings, evaluate_model
 from train.train import TrainConfig, make_accelerator, quiet_libraries, train
@@ -107,10 +109,14 @@ def pretrain_mllm(runs: Path) -> None:
     shapesworld_mllm.main(["--resume", str(phase1), "--steps", "1200", "--lr", "1e-3", "--seed", "2", "--out", str(shapesworld_mllm.ASSET_DIR)])
 
 
-def needs_mllm(config: HieraQueryConfig) -> bool:
-    """Whether ``config`` uses the ShapesWorld MLLM asset and it has not been trained yet."""
-    return bool(config.mllm.path) and Path(config.mllm.path).resolve() == shapesworld_mllm.ASSET_DIR.resolve() \
-        and not (shapesworld_mllm.ASSET_DIR / "model.safetensors").is_file()
+def pretrain_vae() -> None:
+    """Step 0 for latent configs, the recipe of the committed autoencoder (:mod:`train.shapesworld_vae`)."""
+    shapesworld_vae.main(["--steps", "3000", "--seed", "1", "--out", str(shapesworld_vae.ASSET_DIR)])
+
+
+def missing_asset(path: str | None, asset: Path, weights: str) -> bool:
+    """Whether a backbone ``path`` of the config is the ShapesWorld ``asset`` folder and its ``weights`` file is not there yet."""
+    return bool(path) and Path(path).resolve() == asset.resolve() and not (asset / weights).is_file()
 
 
 def train_stages(args: argparse.Namespace, config: HieraQueryConfig, state) -> Path | None:
@@ -180,8 +186,10 @@ def run(args: argparse.Namespace) -> Path | None:
     state = launch_state()
     config = demo_config(args.config)
     with state.main_process_first():  # the main process pretrains a missing MLLM; the others then find it
-        if needs_mllm(config):
+        if missing_asset(config.mllm.path, shapesworld_mllm.ASSET_DIR, "model.safetensors"):
             pretrain_mllm(args.runs)
+        if missing_asset(config.codec.path, shapesworld_vae.ASSET_DIR, "diffusion_pytorch_model.safetensors"):
+            pretrain_vae()
     final = train_stages(args, config, state)
     if final is not None and state.is_main_process:
         evaluate_and_publish(final, args, state.num_processes, state.device)
