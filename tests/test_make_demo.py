@@ -147,3 +147,6 @@ def test_ablation_runs_go_through_the_trainer_and_are_reused(tmp_path):
     assert f"| {result['flow_loss']['final']:.3f} | {result['flow_loss']['prompt_gain']:.3f} | 1 |" in report  # held-out flow loss and prompt gain columns
     ablations.main(argv)  # the finished run is reused, not trained again
     assert (run / "train.log").read_text() == log
+    ablations.main([*argv, "--config", str(make_demo.CONFIG.parent / "shapesworld-demo-latent.json")])  # another base architecture: its own run cache
+    latent = tmp_path / "runs" / "shapesworld-demo-latent-steps1-batch1" / "single-256-s0"
+    assert load_checkpoint(latent / "final").config.codec.kind == "autoencoder_kl" and (run / "train.log").read_text() == log

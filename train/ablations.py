@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     add_eval_arguments(parser)
     parser.add_argument("--variants", default=",".join(v.name for v in VARIANTS), help="comma-separated subset")
+    parser.add_argument("--config", type=Path, default=CONFIG,
+                        help="the base architecture (default: the pixel-space demo's; e.g. train/configs/shapesworld-demo-latent.json); runs of another config are kept under its name")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "ablations")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "ablations.md")
     args = parser.parse_args(argv)
@@ -171,9 +173,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     quiet_libraries()
     state = launch_state()
-    base = demo_config(CONFIG)
+    base = demo_config(args.config)
     settings = eval_settings(args, n_edits=0)
-    runs = args.runs / f"steps{args.budget_steps}-batch{args.batch}"
+    prefix = "" if args.config.resolve() == CONFIG.resolve() else f"{args.config.stem}-"
+    runs = args.runs / f"{prefix}steps{args.budget_steps}-batch{args.batch}"
     results: dict[str, list[dict]] = {}
     for variant in (v for v in VARIANTS if v.name in chosen):
         for seed in range(args.seeds):
