@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from hieraquery_core.mllm import FrozenMLLM
 from hieraquery_core.shapesworld import render, sample_caption, sample_question
 from hieraquery_core.shapesworld.understanding import parse_question
 from hieraquery_core.tiny import TINY_VOCABULARY
+from train.backbone_pretraining import pretrain_loop
 
 DESCRIBE = "describe the image"
 """The captioning question (the caption is the canonical prompt, spec "Understanding")."""
@@ -116,24 +115,17 @@ def pretrain(mllm: FrozenMLLM, steps: int, batch: int = 32, lr: float = 2e-3, se
     for p in params:
         p.requires_grad_(True)
     mllm.model.train()
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    warmup = max(1, min(100, steps // 10))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps)))))
-    losses, start = [], time.time()
-    for step in range(steps):
+
+    def batch_loss(step: int) -> tuple[torch.Tensor, str]:
         scenes, questions, answers = sample_examples(rng, batch)
-        loss = answer_loss(mllm, pixels_of(scenes), questions, answers)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0:
-            print(f"step {step + 1}/{steps} loss {np.mean(losses[-log_every:]):.4f} ({time.time() - start:.0f}s)", flush=True)
-        if out is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
+        return answer_loss(mllm, pixels_of(scenes), questions, answers), ""
+
+    def checkpoint(done: int) -> None:
+        if out is not None and checkpoint_every and done % checkpoint_every == 0:
             save_mllm(mllm, out)
             mllm.model.train()
+
+    losses = pretrain_loop(params, steps, lr, batch_loss, weight_decay=0.01, betas=(0.9, 0.98), log_every=log_every, after_step=checkpoint)
     for p in params:
         p.requires_grad_(False)
     mllm.model.eval()

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from diffusers import AutoencoderKL
 
 from hieraquery_core.images import resize, to_signed
 from hieraquery_core.shapesworld import geneval, heldout_pairs, random_scene, render
+from train.backbone_pretraining import pretrain_loop
 from train.evaluate import to_uint8
 from train.shapesworld_data import to_pixels
 
@@ -70,24 +69,13 @@ def train_vae(vae: AutoencoderKL, steps: int, batch: int = 32, lr: float = 1e-3,
     rng = np.random.default_rng([seed, 5])
     generator = torch.Generator().manual_seed(seed)
     vae.requires_grad_(True).train()
-    params = list(vae.parameters())
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warmup = max(1, min(100, steps // 10))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps)))))
-    losses, start = [], time.time()
-    for step in range(steps):
+
+    def batch_loss(step: int) -> tuple[torch.Tensor, str]:
         size = SIZES[step % len(SIZES)]
-        pixels = resize(scene_batch(rng, batch), (size, size))
-        recon, kl = reconstruction_loss(vae, pixels, generator)
-        loss = recon + KL_WEIGHT * kl
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(recon.item())
-        if log_every and (step + 1) % log_every == 0:
-            print(f"step {step + 1}/{steps} reconstruction {np.mean(losses[-log_every:]):.4f} kl {kl.item():.1f} ({time.time() - start:.0f}s)", flush=True)
+        recon, kl = reconstruction_loss(vae, resize(scene_batch(rng, batch), (size, size)), generator)
+        return recon + KL_WEIGHT * kl, f" kl {kl.item():.1f}"
+
+    losses = pretrain_loop(list(vae.parameters()), steps, lr, batch_loss, log_every=log_every)
     vae.requires_grad_(False).eval()
     return losses
 
