@@ -26,7 +26,7 @@ if str(TESTS_DIR) not in sys.path:  # tests/comfyui_harness.py; the test modules
 import comfyui_harness as harness  # noqa: E402
 # Session fixtures of the HieraQuery node tests (checkpoints in the server's models folder); defined in
 # a conftest so that every test module shares one instance.
-from hq_checkpoints import demo_checkpoint, tiny_checkpoint  # noqa: E402,F401
+from hq_checkpoints import demo_checkpoint, tiny_checkpoint, tiny_latent_checkpoint  # noqa: E402,F401
 
 _SERVER: "harness.ComfyUIServer | None" = None
 

@@ -7,7 +7,8 @@ The fixtures are session-scoped and made available to every test module by conft
   nothing is installed. Before it has been trained, a tiny random checkpoint with the demo's layout (SANA,
   Qwen2.5-VL, pixel space, 64 px) is saved under that name into the server's ``models/hieraquery/`` and
   removed afterwards, so the workflows run as shipped either way (``DEMO_IS_BUNDLED`` says which).
-* ``tiny_checkpoint``: a tiny random checkpoint ``hq-test-tiny`` (32 px) in ``models/hieraquery/``.
+* ``tiny_checkpoint``: a tiny random checkpoint ``hq-test-tiny`` (32 px, pixel space) in ``models/hieraquery/``.
+* ``tiny_latent_checkpoint``: the same in a tiny AutoencoderKL's latent space, ``hq-test-tiny-kl``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ DEMO_IS_BUNDLED = bundled_demo() is not None
 DEMO_SIZE = 64
 """The demo's image_size: the final scale of its workflows (scales 16, 32 and 64 px)."""
 TINY_NAME = "hq-test-tiny"
+TINY_LATENT_NAME = "hq-test-tiny-kl"
 
 
 def models_folder(server) -> Path:
@@ -76,3 +78,10 @@ def assert_not_blank(pixels: np.ndarray, name: str) -> None:
 
 def messages_of(entry: dict, event: str) -> list[dict]:
     return [data for name, data in entry["status"]["messages"] if name == event]
+
+
+@pytest.fixture(scope="session")
+def tiny_latent_checkpoint(comfy_server) -> str:
+    installed = _install(comfy_server, TINY_LATENT_NAME, codec="autoencoder_kl")
+    yield TINY_LATENT_NAME
+    shutil.rmtree(installed)

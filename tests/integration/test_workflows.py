@@ -175,13 +175,18 @@ async def _watch(server, graph: dict, interrupt_after_progress: bool) -> tuple[s
     return pid, texts, binaries
 
 
-def test_sampler_reports_every_step_with_a_preview_of_the_scale(comfy_server, demo_checkpoint):
+@pytest.mark.parametrize("space", ["pixel", "latent"])
+def test_sampler_reports_every_step_with_a_preview_of_the_scale(comfy_server, tiny_checkpoint, tiny_latent_checkpoint, space):
+    """One progress update per step. Previews: every step in pixel space (free); in latent space, where each
+    costs a VAE decode, only at the end of the scale unless ComfyUI runs with --preview-method (this server
+    does not; nodes/comfy_runtime.py)."""
     steps = 4
-    pid, texts, binaries = asyncio.run(_watch(comfy_server, sampler_graph(demo_checkpoint, steps, seed=21), False))
+    model = tiny_checkpoint if space == "pixel" else tiny_latent_checkpoint
+    pid, texts, binaries = asyncio.run(_watch(comfy_server, sampler_graph(model, steps, seed=21), False))
     progress = [m["data"] for m in texts if m["type"] == "progress" and m["data"]["node"] == "4"]
     assert [p["value"] for p in progress] == list(range(1, steps + 1)) and all(p["max"] == steps for p in progress)
     previews = [b for b in binaries if struct.unpack(">I", b[:4])[0] == 1]  # PREVIEW_IMAGE, JPEG
-    assert len(previews) == steps
+    assert len(previews) == (steps if space == "pixel" else 1)
     with Image.open(BytesIO(previews[-1][8:])) as jpeg:
         assert jpeg.format == "JPEG" and jpeg.size[0] == jpeg.size[1]
 
