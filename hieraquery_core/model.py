@@ -158,6 +158,7 @@ class HieraQuery(nn.Module):
         ``features`` of the targets, section 3.2's alignment losses): the part of :meth:`training_loss` after
         encoding, so a held-out loss can reuse one encoding for several noise levels."""
         flow, align = [], []
+        aligned = self.aligner is not None and features is not None
         for condition, size in zip(conditions, self.scale_sizes(*targets.shape[-2:])):
             x0 = self.codec.encode(to_signed(resize(targets, size))).to(self.dtype)
             noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -165,7 +166,6 @@ class HieraQuery(nn.Module):
                 sigmas = sample_sigmas(x0.shape[0], self.config.timestep_sampling, x0.device, generator, self.config.timestep_logit_mean, self.config.timestep_logit_std)
             else:
                 sigmas = torch.full((x0.shape[0],), sigma, device=x0.device)
-            aligned = self.aligner is not None and features is not None
             capture = self.dit.capture_block(self.config.alignment.block) if aligned else nullcontext([])
             with capture as captured:
                 velocity = self.dit(noisy_latents(x0, noise, sigmas), sigmas, condition)

@@ -145,9 +145,10 @@ def heldout_flow_loss(model: HieraQuery, settings: EvalSettings, sigmas: Sequenc
         for start in range(0, n, settings.batch):
             chunk = slice(start, start + settings.batch)
             conditions = model.condition(model.encode(chosen[chunk]))  # once for every noise level
+            chunk_targets = targets[chunk].to(model.device)
             for sigma in sigmas:
                 generator = torch.Generator().manual_seed(settings.seed + start)  # the same noise for both prompt sets
-                flow = model.scale_losses(conditions, targets[chunk].to(model.device), generator, sigma=sigma).flow
+                flow = model.scale_losses(conditions, chunk_targets, generator, sigma=sigma).flow
                 losses[name, sigma].append(torch.stack(flow).float() * len(chosen[chunk]) / n)
     per_sigma = {key: torch.stack(parts).sum(0) for key, parts in losses.items()}  # [scales] per (prompts, sigma)
     right, wrong = (sum(per_sigma[name, sigma] for sigma in sigmas) / len(sigmas) for name in ("right", "rotated"))

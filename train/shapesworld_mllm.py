@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from hieraquery_core.backbones import build_mllm
+from hieraquery_core.checkpoint import replace_directory
 from hieraquery_core.config import BackboneSpec
 from hieraquery_core.mllm import FrozenMLLM
 from hieraquery_core.shapesworld import render, sample_caption, sample_question
@@ -138,11 +139,7 @@ def save_mllm(mllm: FrozenMLLM, out: Path) -> None:
     tmp = out.with_name(out.name + ".tmp")
     mllm.model.save_pretrained(tmp, safe_serialization=True)
     mllm.processor.save_pretrained(tmp)
-    if out.exists():
-        for f in out.iterdir():
-            f.unlink()
-        out.rmdir()
-    tmp.rename(out)
+    replace_directory(tmp, out)
 
 
 def main(argv: list[str] | None = None) -> None:

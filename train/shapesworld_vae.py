@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
+from hieraquery_core.checkpoint import replace_directory
 from hieraquery_core.images import resize, to_signed
 from hieraquery_core.shapesworld import geneval, heldout_pairs, random_scene, render
 from train.backbone_pretraining import pretrain_loop
@@ -93,12 +94,12 @@ def set_latent_statistics(vae: AutoencoderKL, n: int = 256, seed: int = TRAIN_SE
 def evaluate_vae(vae: AutoencoderKL, n: int = 120, batch: int = 40) -> dict[str, Any]:
     """GenEval of decoded reconstructions (latent mean) of held-out scenes at each size, and their mean absolute error (0-255)."""
     pairs = heldout_pairs(n)
+    renders = torch.stack([to_pixels(render(scene)) for _, _, scene in pairs])
     report: dict[str, Any] = {"n": n}
     for size in SIZES:
         decoded, originals = [], []
         for start in range(0, n, batch):
-            chunk = pairs[start : start + batch]
-            pixels = resize(torch.stack([to_pixels(render(scene)) for _, _, scene in chunk]), (size, size))
+            pixels = resize(renders[start : start + batch], (size, size))
             out = vae.decode(vae.encode(to_signed(pixels)).latent_dist.mode()).sample
             decoded += to_uint8((out.clamp(-1, 1) + 1) / 2)
             originals += to_uint8(pixels)
@@ -114,11 +115,7 @@ def save_vae(vae: AutoencoderKL, out: Path, report: dict[str, Any]) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     vae.save_pretrained(tmp, safe_serialization=True)
     (tmp / "vae_scores.json").write_text(json.dumps(report, indent=2) + "\n")
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_directory(tmp, out)
 
 
 def main(argv: list[str] | None = None) -> None:
