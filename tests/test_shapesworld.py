@@ -227,6 +227,24 @@ def test_wrong_images_fail_their_prompt():
     assert not sw.score_prompt("a circle to the left of a square", sw.render(s11))
 
 
+def test_attribute_accuracy_names_the_failing_attribute():
+    s = sw.Scene([obj("red", "circle", 5, 5), obj("blue", "square", 40, 40)])
+    image = sw.render(s)
+    assert sw.attribute_accuracy([("a red circle and a blue square", image)]) == {
+        "count": 1.0, "shape": 1.0, "color": 1.0, "style": 1.0, "n_counted": 1}
+    wrong_shape = sw.attribute_accuracy([("a red circle and a blue triangle", image)])
+    assert (wrong_shape["shape"], wrong_shape["color"], wrong_shape["style"]) == (0.0, 1.0, 1.0)
+    wrong_color = sw.attribute_accuracy([("a green circle and a blue square", image), ("two circles", image)])
+    assert (wrong_color["shape"], wrong_color["color"]) == (0.5, 0.0)  # "two circles" names no colour
+    wrong_style = sw.attribute_accuracy([("a circle and a square, outline style", image)])
+    assert (wrong_style["style"], wrong_style["color"]) == (0.0, 0.0)
+    miscounted = sw.attribute_accuracy([("a red circle", image), ("four squares", image), ("a circle and a square", image)])
+    assert miscounted["count"] == pytest.approx(1 / 3) and miscounted["n_counted"] == 1 and miscounted["shape"] == 1.0
+    assert sw.attribute_accuracy([("a red circle", image)])["shape"] == 0.0
+    with pytest.raises(ValueError, match="no results"):
+        sw.attribute_accuracy([])
+
+
 def test_parse_image_finds_objects_and_ignores_noise():
     scene = sw.Scene([obj("red", "circle", 2, 2, 14), obj("yellow", "triangle", 30, 5, 22),
                       obj("purple", "square", 5, 40, 15), obj("orange", "triangle", 40, 40, 14)], "outline")

@@ -30,8 +30,8 @@ from hieraquery_core.checkpoint import load_checkpoint
 from hieraquery_core.images import resize
 from hieraquery_core.model import HieraQuery
 from hieraquery_core.pipeline import HieraQueryPipeline, SamplingOptions
-from hieraquery_core.shapesworld import (CATEGORIES, cross_scale_consistency, edit_accuracy, edit_triplets, geneval,
-                                         heldout_pairs, heldout_prompts, render, render_scales, sample_prompt)
+from hieraquery_core.shapesworld import (CATEGORIES, attribute_accuracy, cross_scale_consistency, edit_accuracy, edit_triplets,
+                                         geneval, heldout_pairs, heldout_prompts, render, render_scales, sample_prompt)
 from train.shapesworld_data import to_pixels
 
 EDIT_STREAM = 0x45444954  # "EDIT": the held-out edit triplets' random stream (never used for training)
@@ -65,12 +65,13 @@ def heldout_edits(n: int, seed: int = 0) -> list:
 
 
 def score_generations(prompts: Sequence[tuple[str, str]], scales: Sequence[Sequence[np.ndarray]]) -> dict:
-    """GenEval scores of the final scale, overall per scale, and cross-scale consistency.
+    """GenEval scores of the final scale (and which attribute fails), overall per scale, and cross-scale consistency.
 
     ``scales[k][i]`` is prompt i's image at scale k (coarse to fine).
     """
     final = scales[-1]
     result = {"geneval": geneval((c, p, img) for (c, p), img in zip(prompts, final))}
+    result["attributes"] = attribute_accuracy((p, img) for (_, p), img in zip(prompts, final))
     result["overall_by_scale"] = {str(imgs[0].shape[0]): geneval((c, p, img) for (c, p), img in zip(prompts, imgs))["overall"] for imgs in scales}
     result["cross_scale_consistency"] = float(np.mean([cross_scale_consistency([s[i] for s in scales]) for i in range(len(final))]))
     return result

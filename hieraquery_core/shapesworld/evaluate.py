@@ -28,7 +28,7 @@ Parsing details (project decisions, documented in ``docs/shapesworld.md``):
 from __future__ import annotations
 
 import itertools
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -247,6 +247,37 @@ def geneval(results: Iterable[tuple[str, str, np.ndarray]]) -> dict[str, float]:
     scores = {c: float(np.mean(hits[c])) for c in spec.CATEGORIES if c in hits}
     scores["overall"] = float(np.mean(list(scores.values())))
     return scores
+
+
+def attribute_accuracy(results: Iterable[tuple[str, np.ndarray]]) -> dict[str, float]:
+    """Which attribute fails, beside :func:`geneval` (a project diagnostic; GenEval itself only says pass/fail).
+
+    For (prompt, image) results: ``count`` is the fraction of images with the prompt's number of
+    objects; among those, ``shape`` is the fraction whose detected shapes equal the prompt's (as a
+    multiset), ``color`` the fraction that contain every colour the prompt names (prompts naming a
+    colour only) and ``style`` the fraction whose objects all have the prompt's style. ``n_counted``
+    is how many images the three conditional figures are over.
+    """
+    counted = shapes = styles = 0
+    colors: list[bool] = []
+    total = 0
+    for prompt, image in results:
+        total += 1
+        want = parse_prompt(prompt)
+        objects = parse_image(image)
+        if len(objects) != len(want.objects):
+            continue
+        counted += 1
+        shapes += Counter(o.shape for o in objects) == Counter(s.shape for s in want.objects)
+        styles += all(o.style == want.style for o in objects)
+        named = Counter(s.color for s in want.objects if s.color is not None)
+        if named:
+            colors.append(named <= Counter(o.color for o in objects))
+    if total == 0:
+        raise ValueError("no results to score")
+    share = (lambda hits: hits / counted) if counted else (lambda hits: 0.0)
+    return {"count": counted / total, "shape": share(shapes), "color": float(np.mean(colors)) if colors else 0.0,
+            "style": share(styles), "n_counted": counted}
 
 
 # --- edits ---------------------------------------------------------------------------------
