@@ -14,7 +14,8 @@ from hieraquery_core.pipeline import HieraQueryPipeline, SamplingOptions
 from hieraquery_core.shapesworld import heldout_prompts
 from hieraquery_core.tiny import tiny_config
 from train.ablations import VARIANTS, variant_config
-from train.evaluate import EvalSettings, evaluate_ground_truth, evaluate_model, heldout_edits, heldout_flow_loss, score_generations
+from train.evaluate import (EvalSettings, evaluate_ground_truth, evaluate_model, heldout_edits, heldout_flow_loss, score_generations,
+                            tune_guidance)
 from train.make_demo import CONFIG, demo_config
 from train.shapesworld_mllm import ASSET_DIR
 
@@ -48,6 +49,16 @@ def test_random_model_scores_low_and_the_report_is_complete():
     assert set(report["overall_by_scale"]) == {"16", "32", "64"}
     assert 0.0 <= report["cross_scale_consistency"] <= 1.0
     assert len(report["flow_loss"]["per_scale"]) == 3 and report["flow_loss"]["final"] > 0
+
+
+def test_guidance_tuning_reports_overall_and_attributes_per_value():
+    torch.manual_seed(0)
+    model = HieraQuery.from_config(tiny_config(image_size=64)).eval()
+    tuning = tune_guidance(model, EvalSettings(batch=6, steps=1), [1.0, 4.0], n=6)
+    assert set(tuning) == {1.0, 4.0}
+    for scored in tuning.values():
+        assert 0.0 <= scored["overall"] <= 1.0
+        assert set(scored["attributes"]) == {"count", "shape", "color", "style", "n_counted"}
 
 
 def test_heldout_flow_loss_is_deterministic_and_shows_the_demo_uses_its_prompt():

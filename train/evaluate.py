@@ -110,13 +110,15 @@ def validation_prompts(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return [(c, sample_prompt(c, rng, split="train")) for c in CATEGORIES for _ in range(n // len(CATEGORIES))]
 
 
-def tune_guidance(model: HieraQuery, settings: EvalSettings, guidances: Sequence[float], n: int = 60) -> dict[float, float]:
-    """GenEval overall on validation prompts for each guidance scale (the held-out prompts are not looked at)."""
+def tune_guidance(model: HieraQuery, settings: EvalSettings, guidances: Sequence[float], n: int = 60) -> dict[float, dict]:
+    """GenEval overall and the attribute diagnostic (:func:`attribute_accuracy`) on validation prompts for each
+    guidance scale (the held-out prompts are not looked at): ``{guidance: {"overall": ..., "attributes": ...}}``."""
     prompts = validation_prompts(n, settings.seed)
     scores = {}
     for g in guidances:
         trial = EvalSettings(**{**asdict(settings), "guidance": g})
-        scores[g] = score_generations(prompts, generate_heldout(model, trial, prompts))["geneval"]["overall"]
+        scored = score_generations(prompts, generate_heldout(model, trial, prompts))
+        scores[g] = {"overall": scored["geneval"]["overall"], "attributes": scored["attributes"]}
     return scores
 
 
@@ -208,8 +210,8 @@ def main(argv: list[str] | None = None) -> None:
             tuning = {}
             if args.tune_guidance:
                 tuning = tune_guidance(model, settings, [float(g) for g in args.tune_guidance.split(",")], n=args.tune_n)
-                settings.guidance = max(tuning, key=tuning.get)
-                print(f"validation overall by guidance: {tuning}; using {settings.guidance}", flush=True)
+                settings.guidance = max(tuning, key=lambda g: tuning[g]["overall"])
+                print(f"validation overall by guidance: { {g: t['overall'] for g, t in tuning.items()} }; using {settings.guidance}", flush=True)
             report = {"source": str(args.checkpoint), **evaluate_model(model, settings)}
             if tuning:
                 report["guidance_tuning_on_validation_prompts"] = {str(g): v for g, v in tuning.items()}
