@@ -11,7 +11,7 @@ import torch
 from hieraquery_core.backbones import build_mllm
 from hieraquery_core.config import BackboneSpec
 from hieraquery_core.shapesworld import edit_triplets
-from train.shapesworld_mllm import ASSET_DIR, answer_loss, evaluate_mllm, pixels_of, pretrain, sample_examples, save_mllm, shapesworld_mllm_spec
+from train.shapesworld_mllm import ASSET_DIR, answer_loss, evaluate_mllm, main, pixels_of, pretrain, sample_examples, save_mllm, shapesworld_mllm_spec
 
 
 def small_mllm(seed: int = 0):
@@ -65,6 +65,12 @@ def test_pretrain_freezes_the_model_again_and_the_saved_folder_round_trips(tmp_p
     scenes, questions, _ = sample_examples(np.random.default_rng(3), 3)
     pixels = pixels_of(scenes)
     assert loaded.describe(pixels, questions, max_new_tokens=6) == mllm.describe(pixels, questions, max_new_tokens=6)
+
+
+def test_the_cli_builds_a_finer_vision_grid_with_a_smaller_patch(tmp_path):
+    main(["--steps", "1", "--batch", "2", "--patch", "4", "--eval-n", "2", "--out", str(tmp_path)])
+    mllm = build_mllm(BackboneSpec("qwen2_5_vl", path=str(tmp_path)))
+    assert mllm.vision_features(torch.ones(1, 3, 64, 64)).shape[:3] == (1, 8, 8)  # 16x16 patches of 4 px, merged 2x2
 
 
 @pytest.mark.skipif(not (ASSET_DIR / "model.safetensors").is_file(), reason="the ShapesWorld MLLM is not trained yet (python -m train.shapesworld_mllm)")
