@@ -275,7 +275,10 @@ def attribute_accuracy(results: Iterable[tuple[str, np.ndarray]]) -> dict[str, f
             colors.append(named <= Counter(o.color for o in objects))
     if total == 0:
         raise ValueError("no results to score")
-    share = (lambda hits: hits / counted) if counted else (lambda hits: 0.0)
+
+    def share(hits: int) -> float:
+        return hits / counted if counted else 0.0
+
     return {"count": counted / total, "shape": share(shapes), "color": float(np.mean(colors)) if colors else 0.0,
             "style": share(styles), "n_counted": counted}
 
