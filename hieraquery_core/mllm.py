@@ -126,12 +126,18 @@ class FrozenMLLM(nn.Module):
         return torch.stack(feats).reshape(len(feats), h // merge, w // merge, -1)
 
     @torch.no_grad()
-    def describe(self, images: torch.Tensor, questions: Sequence[str], max_new_tokens: int = 32) -> list[str]:
-        """The MLLM's own answer to a question about each image (its understanding, untouched)."""
-        if not self.supports_images:
-            raise HieraQueryError("this MLLM is text-only and cannot describe images; load a Qwen2.5-VL-based checkpoint")
-        require(len(images) == len(questions), f"got {len(images)} images but {len(questions)} questions; give one question per image")
-        inputs = {k: v.to(self.device) for k, v in self.tokenize(questions, [[img] for img in images]).items()}
+    def describe(self, images: torch.Tensor | None, questions: Sequence[str], max_new_tokens: int = 32) -> list[str]:
+        """The MLLM's own answer to a question about each image (its understanding, untouched).
+
+        ``images=None`` asks the questions with no image (a question about a text, e.g. a prompt).
+        """
+        image_lists = None
+        if images is not None:
+            if not self.supports_images:
+                raise HieraQueryError("this MLLM is text-only and cannot describe images; load a Qwen2.5-VL-based checkpoint")
+            require(len(images) == len(questions), f"got {len(images)} images but {len(questions)} questions; give one question per image")
+            image_lists = [[img] for img in images]
+        inputs = {k: v.to(self.device) for k, v in self.tokenize(questions, image_lists).items()}
         out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
         new_tokens = out[:, inputs["input_ids"].shape[1] :]
         return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

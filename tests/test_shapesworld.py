@@ -434,3 +434,25 @@ def test_cross_scale_consistency():
     print(f"\ncross-scale consistency: true {np.mean(true_scores):.3f}, mismatched {np.mean(mixed_scores):.3f}")
     blank = np.full((16, 16, 3), 255, np.uint8)
     assert sw.cross_scale_consistency([blank, np.full((64, 64, 3), 255, np.uint8)]) == 1.0
+
+
+def test_text_questions_are_settled_by_their_text():
+    """Every text-only question has one answer whatever scene the text describes: another scene drawn for
+    the same prompt gives the same answer; left-of questions are only asked of captions, whose order
+    (left to right) settles them; held-out prompts never appear."""
+    from hieraquery_core.shapesworld import is_held_out, parse_question, sample_text_question, scene_for_prompt
+    from hieraquery_core.shapesworld.understanding import answer_question
+
+    rng = np.random.default_rng(5)
+    kinds = set()
+    for _ in range(300):
+        text, question, answer = sample_text_question(rng)
+        q = parse_question(question)
+        kinds.add(q.kind)
+        assert not is_held_out(text)
+        if q.kind == "left_of":
+            first, second = text.index(f"{q.color} {q.shape}"), text.index(f"{q.color2} {q.shape2}")
+            assert answer == ("yes" if first < second else "no")
+        else:
+            assert answer_question(scene_for_prompt(text, rng), question) == answer, (text, question)
+    assert kinds == {"count", "color", "left_of"}

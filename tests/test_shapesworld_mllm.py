@@ -11,7 +11,7 @@ import torch
 from hieraquery_core.backbones import build_mllm
 from hieraquery_core.config import BackboneSpec
 from hieraquery_core.shapesworld import edit_triplets
-from train.shapesworld_mllm import ASSET_DIR, answer_loss, evaluate_mllm, main, pixels_of, pretrain, sample_examples, save_mllm, shapesworld_mllm_spec
+from train.shapesworld_mllm import ASSET_DIR, TEXT_SEPARATOR, answer_loss, evaluate_mllm, main, pixels_of, pretrain, sample_examples, save_mllm, shapesworld_mllm_spec
 
 
 def small_mllm(seed: int = 0):
@@ -22,7 +22,7 @@ def small_mllm(seed: int = 0):
 def test_vocabulary_covers_every_text_of_the_world():
     mllm = small_mllm()
     rng = np.random.default_rng(0)
-    _, questions, answers = sample_examples(rng, 200)
+    _, questions, answers = sample_examples(rng, 200, text_fraction=0.3)
     instructions = [next(edit_triplets(rng)).instruction for _ in range(50)]
     unk = mllm.tokenizer.unk_token_id
     for text in [*questions, *answers, *instructions, "a red circle to the left of a blue square , outline style"]:
@@ -31,27 +31,25 @@ def test_vocabulary_covers_every_text_of_the_world():
 
 def test_answer_loss_only_counts_answer_tokens():
     mllm = small_mllm()
-    scenes, questions, answers = sample_examples(np.random.default_rng(1), 4)
-    pixels = pixels_of(scenes)
-    loss = answer_loss(mllm, pixels, questions, answers)
-    changed = answer_loss(mllm, pixels, questions, ["yes" if a != "yes" else "no" for a in answers])
+    images, questions, answers = sample_examples(np.random.default_rng(1), 4)
+    loss = answer_loss(mllm, images, questions, answers)
+    changed = answer_loss(mllm, images, questions, ["yes" if a != "yes" else "no" for a in answers])
     assert torch.isfinite(loss) and not torch.isclose(loss, changed)
 
 
 def test_pretraining_steps_reduce_the_loss_on_a_fixed_batch():
     mllm = small_mllm()
-    scenes, questions, answers = sample_examples(np.random.default_rng(2), 4)
-    pixels = pixels_of(scenes)
-    before = answer_loss(mllm, pixels, questions, answers).item()
+    images, questions, answers = sample_examples(np.random.default_rng(2), 4)
+    before = answer_loss(mllm, images, questions, answers).item()
     params = list(mllm.model.parameters())
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=5e-3)
     for _ in range(8):
         optimizer.zero_grad()
-        answer_loss(mllm, pixels, questions, answers).backward()
+        answer_loss(mllm, images, questions, answers).backward()
         optimizer.step()
-    assert answer_loss(mllm, pixels, questions, answers).item() < 0.7 * before
+    assert answer_loss(mllm, images, questions, answers).item() < 0.7 * before
 
 
 def test_pretrain_freezes_the_model_again_and_the_saved_folder_round_trips(tmp_path):
@@ -62,9 +60,39 @@ def test_pretrain_freezes_the_model_again_and_the_saved_folder_round_trips(tmp_p
     save_mllm(mllm, tmp_path / "mllm")
     assert (tmp_path / "mllm" / "model.safetensors").is_file()
     loaded = build_mllm(BackboneSpec("qwen2_5_vl", path=str(tmp_path / "mllm")))
-    scenes, questions, _ = sample_examples(np.random.default_rng(3), 3)
-    pixels = pixels_of(scenes)
+    images, questions, _ = sample_examples(np.random.default_rng(3), 3)
+    pixels = torch.stack([i[0] for i in images])
     assert loaded.describe(pixels, questions, max_new_tokens=6) == mllm.describe(pixels, questions, max_new_tokens=6)
+
+
+def test_text_examples_have_no_image_and_mix_with_image_examples_in_one_loss():
+    """Text-only questions ("{prompt} . {question}") carry no image; a batch mixing both kinds trains."""
+    rng = np.random.default_rng(4)
+    images, questions, answers = sample_examples(rng, 60, text_fraction=0.5)
+    text_only = [not imgs for imgs in images]
+    assert 15 < sum(text_only) < 45
+    assert all((f" {TEXT_SEPARATOR} " in q) == t for q, t in zip(questions, text_only))
+    assert all(imgs[0].shape == (3, 64, 64) for imgs in images if imgs)
+    mllm = small_mllm()
+    batch = slice(0, 8)
+    assert any(text_only[batch]) and not all(text_only[batch])
+    loss = answer_loss(mllm, images[batch], questions[batch], answers[batch])
+    assert torch.isfinite(loss)
+    # The image matters to image questions only: blanking them changes the loss, text-only samples are untouched.
+    blank = [[torch.zeros_like(i) for i in imgs] for imgs in images[batch]]
+    assert not torch.isclose(loss, answer_loss(mllm, blank, questions[batch], answers[batch]))
+    texts = [i for i, t in enumerate(text_only) if t][:4]
+    only_text = answer_loss(mllm, [images[i] for i in texts], [questions[i] for i in texts], [answers[i] for i in texts])
+    assert torch.isfinite(only_text)
+
+
+def test_evaluation_reports_text_questions_and_describe_answers_without_an_image():
+    mllm = small_mllm()
+    scores = evaluate_mllm(mllm, n=6, batch=6)
+    assert {"question_accuracy", "caption_exact_match", "text_question_accuracy"} <= scores.keys()
+    assert 0.0 <= scores["text_question_accuracy"] <= 1.0
+    reply = mllm.describe(None, ["a red circle . what color is the circle"], max_new_tokens=2)
+    assert len(reply) == 1 and isinstance(reply[0], str)
 
 
 def test_the_cli_builds_a_finer_vision_grid_with_a_smaller_patch(tmp_path):

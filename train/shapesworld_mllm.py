@@ -25,13 +25,16 @@ from hieraquery_core.backbones import build_mllm
 from hieraquery_core.checkpoint import replace_directory
 from hieraquery_core.config import BackboneSpec
 from hieraquery_core.mllm import FrozenMLLM
-from hieraquery_core.shapesworld import render, sample_caption, sample_question
+from hieraquery_core.mllm import ImageList
+from hieraquery_core.shapesworld import render, sample_caption, sample_question, sample_text_question
 from hieraquery_core.shapesworld.understanding import parse_question
 from hieraquery_core.tiny import TINY_VOCABULARY
 from train.backbone_pretraining import pretrain_loop
 
 DESCRIBE = "describe the image"
 """The captioning question (the caption is the canonical prompt, spec "Understanding")."""
+TEXT_SEPARATOR = "."
+"""Between the text and the question of a text-only example ("a red circle . what color is the circle")."""
 ASSET_DIR = Path(__file__).resolve().parents[1] / "hieraquery_core" / "assets" / "shapesworld-mllm"
 TRAIN_SEED, EVAL_SEED = 1, 0x45564C  # separate random streams: evaluation scenes are never trained on
 
@@ -54,17 +57,26 @@ def pixels_of(scenes) -> torch.Tensor:
     return torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float() / 255.0
 
 
-def sample_examples(rng: np.random.Generator, n: int, caption_fraction: float = 0.4) -> tuple[list, list[str], list[str]]:
-    """``n`` (scene, question, answer) examples: captions ("describe the image") and the three question kinds."""
-    scenes, questions, answers = [], [], []
+def sample_examples(rng: np.random.Generator, n: int, caption_fraction: float = 0.4, text_fraction: float = 0.0) -> tuple[list[list[torch.Tensor]], list[str], list[str]]:
+    """``n`` (images, question, answer) examples, ``images`` a list of one rendered scene or empty.
+
+    A ``text_fraction`` of them are questions about a prompt or caption with no image
+    (``sample_text_question``: "{text} . {question}"); of the rest, ``caption_fraction`` are captions
+    ("describe the image") and the others the three question kinds about the image.
+    """
+    images, questions, answers = [], [], []
     for _ in range(n):
+        if rng.random() < text_fraction:
+            text, question, answer = sample_text_question(rng)
+            images.append([]), questions.append(f"{text} {TEXT_SEPARATOR} {question}"), answers.append(answer)
+            continue
         if rng.random() < caption_fraction:
             scene, text = sample_caption(rng)
-            scenes.append(scene), questions.append(DESCRIBE), answers.append(text)
+            question, answer = DESCRIBE, text
         else:
             scene, question, answer = sample_question(rng)
-            scenes.append(scene), questions.append(question), answers.append(answer)
-    return scenes, questions, answers
+        images.append([pixels_of([scene])[0]]), questions.append(question), answers.append(answer)
+    return images, questions, answers
 
 
 def detokenize(text: str) -> str:
@@ -72,14 +84,14 @@ def detokenize(text: str) -> str:
     return text.replace(" ,", ",")
 
 
-def answer_loss(mllm: FrozenMLLM, pixels: torch.Tensor, questions: list[str], answers: list[str]) -> torch.Tensor:
-    """Next-token cross-entropy on the answer tokens and the end token, given image + question.
+def answer_loss(mllm: FrozenMLLM, images: ImageList, questions: list[str], answers: list[str]) -> torch.Tensor:
+    """Next-token cross-entropy on the answer tokens and the end token, given each sample's images + question.
 
     The processor left-pads, so every sample's answer (plus end token) occupies its last positions.
     """
     eos = mllm.tokenizer.eos_token
     texts = [f"{q} {a}{eos}" for q, a in zip(questions, answers)]
-    inputs = mllm.tokenize(texts, [[img] for img in pixels])
+    inputs = mllm.tokenize(texts, images)
     ids = inputs["input_ids"]
     labels = torch.full_like(ids, -100)
     for i, answer in enumerate(answers):
@@ -90,26 +102,33 @@ def answer_loss(mllm: FrozenMLLM, pixels: torch.Tensor, questions: list[str], an
 
 @torch.no_grad()
 def evaluate_mllm(mllm: FrozenMLLM, n: int = 300, seed: int = EVAL_SEED, batch: int = 50) -> dict[str, float]:
-    """Caption exact match and question accuracy (overall and per kind) on scenes never trained on."""
+    """Caption exact match and question accuracy (overall and per kind) on scenes never trained on, and the
+    accuracy of questions about a text with no image (``text_question_accuracy``, on ``n`` more examples)."""
     rng = np.random.default_rng([seed, 7])
     correct: dict[str, list[bool]] = defaultdict(list)
     for start in range(0, n, batch):
-        scenes, questions, answers = sample_examples(rng, min(batch, n - start), caption_fraction=0.5)
-        replies = mllm.describe(pixels_of(scenes), questions, max_new_tokens=24)
+        images, questions, answers = sample_examples(rng, min(batch, n - start), caption_fraction=0.5)
+        replies = mllm.describe(torch.stack([i[0] for i in images]), questions, max_new_tokens=24)
         for q, a, r in zip(questions, answers, replies):
             kind = "caption" if q == DESCRIBE else parse_question(q).kind
             correct[kind].append(detokenize(r) == a)
+    text_rng = np.random.default_rng([seed, 8])
+    for start in range(0, n, batch):
+        _, questions, answers = sample_examples(text_rng, min(batch, n - start), text_fraction=1.0)
+        correct["text"] += [r == a for r, a in zip(mllm.describe(None, questions, max_new_tokens=4), answers)]
     result = {k: float(np.mean(v)) for k, v in sorted(correct.items())}
-    question_hits = [x for k, v in correct.items() if k != "caption" for x in v]
+    question_hits = [x for k, v in correct.items() if k not in ("caption", "text") for x in v]
     result["question_accuracy"] = float(np.mean(question_hits))
     result["caption_exact_match"] = result.pop("caption")
+    result["text_question_accuracy"] = result.pop("text")
     result["n"] = n
     return result
 
 
 def pretrain(mllm: FrozenMLLM, steps: int, batch: int = 32, lr: float = 2e-3, seed: int = TRAIN_SEED, log_every: int = 50,
-             checkpoint_every: int = 0, out: Path | None = None) -> list[float]:
-    """AdamW with warm-up and cosine decay on freshly sampled ShapesWorld examples; returns the loss curve."""
+             checkpoint_every: int = 0, out: Path | None = None, text_fraction: float = 0.0) -> list[float]:
+    """AdamW with warm-up and cosine decay on freshly sampled ShapesWorld examples (a ``text_fraction`` of
+    them questions about a text with no image, :func:`sample_examples`); returns the loss curve."""
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 3])
     params = [p for p in mllm.model.parameters()]
@@ -118,8 +137,8 @@ def pretrain(mllm: FrozenMLLM, steps: int, batch: int = 32, lr: float = 2e-3, se
     mllm.model.train()
 
     def batch_loss(step: int) -> tuple[torch.Tensor, str]:
-        scenes, questions, answers = sample_examples(rng, batch)
-        return answer_loss(mllm, pixels_of(scenes), questions, answers), ""
+        images, questions, answers = sample_examples(rng, batch, text_fraction=text_fraction)
+        return answer_loss(mllm, images, questions, answers), ""
 
     def checkpoint(done: int) -> None:
         if out is not None and checkpoint_every and done % checkpoint_every == 0:
@@ -150,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--patch", type=int, default=8, help="vision patch size in pixels; after the 2x2 merge a 64x64 image is a 4x4 grid of image tokens at 8, 8x8 at 4 (default %(default)s)")
+    parser.add_argument("--text-fraction", type=float, default=0.0, help="share of examples that are questions about a prompt or caption with no image (default %(default)s)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-n", type=int, default=300)
     parser.add_argument("--out", type=Path, default=ASSET_DIR)
@@ -160,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     spec = BackboneSpec("qwen2_5_vl", path=str(args.resume)) if args.resume else shapesworld_mllm_spec(width=args.width, layers=args.layers, patch=args.patch)
     mllm = build_mllm(spec)
-    pretrain(mllm, args.steps, batch=args.batch, lr=args.lr, seed=args.seed, checkpoint_every=500, out=args.out)
+    pretrain(mllm, args.steps, batch=args.batch, lr=args.lr, seed=args.seed, checkpoint_every=500, out=args.out, text_fraction=args.text_fraction)
     save_mllm(mllm, args.out)
     scores = evaluate_mllm(mllm, n=args.eval_n)
     (args.out / "understanding_scores.json").write_text(json.dumps(scores, indent=2) + "\n")

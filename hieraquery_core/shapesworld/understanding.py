@@ -21,11 +21,11 @@ from typing import Iterator
 import numpy as np
 
 from . import spec
-from .prompts import caption, is_held_out
+from .prompts import caption, is_held_out, sample_pair
 from .scene import Scene, random_scene, relation_holds
 
 __all__ = ["Question", "answer_question", "parse_question", "sample_question", "question_pairs",
-           "sample_caption", "caption"]
+           "sample_caption", "sample_text_question", "caption"]
 
 
 @dataclass(frozen=True)
@@ -144,3 +144,33 @@ def sample_caption(rng: np.random.Generator, exclude_held_out: bool = True) -> t
         text = caption(scene)
         if not (exclude_held_out and is_held_out(text)):
             return scene, text
+
+
+def sample_text_question(rng: np.random.Generator) -> tuple[str, str, str]:
+    """A (text, question, answer) triple answered from the text alone, with no image.
+
+    The text is a training caption or a training prompt of any category (never a held-out prompt or
+    scene). The question is one the text settles: "how many {shape}s" always does (every template names
+    every object's shape and number), "what color is the {shape}" only where the text names that
+    object's colour, and the left-of question only about a caption (which lists objects left to right).
+    Project decision (docs/shapesworld.md): the frozen MLLM learns to read prompts as a real MLLM's
+    text pretraining would have taught it, so each word of a prompt reaches the query states (Eq. 4).
+    """
+    while True:
+        if rng.random() < 0.5:
+            scene, text = sample_caption(rng)
+            is_caption = True
+        else:
+            text, scene = sample_pair(spec.CATEGORIES[int(rng.integers(len(spec.CATEGORIES)))], rng)
+            is_caption = False
+        q = _sample_one(scene, spec.QUESTION_KINDS[int(rng.integers(len(spec.QUESTION_KINDS)))], rng)
+        if q is None or (q.kind == "left_of" and not is_caption):
+            continue
+        if q.kind == "color" and not re.search(rf"\b{_only_color(scene, q.shape)} {q.shape}\b", text):
+            continue
+        return text, q.text(), answer_question(scene, q.text())
+
+
+def _only_color(scene: Scene, shape: str) -> str:
+    """The colour of the scene's only object of ``shape``."""
+    return next(o.color for o in scene.objects if o.shape == shape)

@@ -1,0 +1,70 @@
+"""The condition diagnostics (train/diagnose.py): variance shares, the vision shape probe, the command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hieraquery_core.checkpoint import save_checkpoint
+from train.diagnose import (FACTORS, checkpoint_shares, factor_prompts, main, random_query_shares, ridge_accuracy, variance_shares,
+                            vision_shape_probe)
+from tests.tiny_models import make_model
+
+
+def test_factor_prompts_cover_every_colour_shape_and_style_once():
+    prompts, levels = factor_prompts()
+    assert len(prompts) == len(set(prompts)) == 6 * 3 * 2
+    assert prompts[0] == "a red circle" and "a red circle, outline style" in prompts
+    for factor in FACTORS:
+        counts = {level: levels[factor].count(level) for level in set(levels[factor])}
+        assert len(set(counts.values())) == 1  # balanced design
+
+
+def test_variance_shares_attribute_variance_to_the_word_that_causes_it():
+    _, levels = factor_prompts()
+    rng = np.random.default_rng(0)
+    codes = {f: {level: rng.normal(size=8) for level in set(levels[f])} for f in FACTORS}
+
+    def states(weights):
+        rows = [sum(w * codes[f][levels[f][i]] for f, w in weights.items()) for i in range(len(levels["color"]))]
+        return torch.tensor(np.stack(rows))
+
+    only_colour = variance_shares(states({"color": 1.0}), levels)
+    assert only_colour["color"] == pytest.approx(1.0) and only_colour["shape"] < 1e-12 and only_colour["style"] < 1e-12
+    mixed = variance_shares(states({"color": 1.0, "shape": 0.1}), levels)
+    assert 0 < mixed["shape"] < 0.05 < 0.95 < mixed["color"]
+    assert sum(mixed.values()) == pytest.approx(1.0)  # additive main effects in a balanced design
+
+
+def test_ridge_probe_reads_separable_labels_and_not_random_ones():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, size=400)
+    separable = np.eye(3)[labels] * 3 + rng.normal(size=(400, 3)) * 0.1
+    noise = rng.normal(size=(400, 5))
+    assert ridge_accuracy(separable[:200], labels[:200], separable[200:], labels[200:]) == 1.0
+    assert ridge_accuracy(noise[:200], labels[:200], noise[200:], labels[200:]) < 0.5
+
+
+def test_checkpoint_and_mllm_reports_on_a_tiny_model(tmp_path, capsys):
+    model = make_model()
+    shares = checkpoint_shares(model)
+    for part in ("query_states", "conditions"):
+        assert list(shares[part]) == [s.name for s in model.config.scales]
+        for per_scale in shares[part].values():
+            assert set(per_scale) == set(FACTORS) and all(0 <= v <= 1 for v in per_scale.values())
+            assert sum(per_scale.values()) <= 1 + 1e-6
+    random = random_query_shares(model.mllm, grid=(2, 2), seeds=1)
+    assert random["color"] > 0 and random["shape"] > 0  # an untrained MLLM passes on every word
+    assert 0 <= vision_shape_probe(model.mllm, n=12, batch=12) <= 1
+    save_checkpoint(model, tmp_path / "tiny")
+    main(["--checkpoint", str(tmp_path / "tiny"), "--out", str(tmp_path / "report.json")])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["conditions"] == json.loads(capsys.readouterr().out)["conditions"]
+
+
+def test_the_command_needs_something_to_diagnose():
+    with pytest.raises(SystemExit):
+        main([])
