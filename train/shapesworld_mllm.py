@@ -5,7 +5,10 @@ learnable query positions; its vision encoder is the target of the representatio
 ShapesWorld has no pretrained MLLM, so this module makes one: transformers' ``Qwen2_5_VLForConditionalGeneration``
 (built through :func:`hieraquery_core.backbones.build_mllm` with a word tokenizer over the world's vocabulary)
 trained with next-token loss on the answer tokens given image + question, where the question is either one
-of the three ShapesWorld questions or "describe the image" (answer: the caption). This is *not* a HieraQuery
+of the three ShapesWorld questions or "describe the image" (answer: the caption), and, with ``--text-fraction``,
+questions about a prompt or caption given as text with no image ("a red circle . what color is the circle"),
+which a real MLLM's text pretraining would have covered: without them the shape words collapse (their
+embeddings grow nearly parallel, docs/demo-and-ablations.md section 3). This is *not* a HieraQuery
 stage: it happens once, before, and the result is saved as a Hugging Face folder and then frozen.
 
     python -m train.shapesworld_mllm --steps 3000 --out hieraquery_core/assets/shapesworld-mllm
