@@ -27,8 +27,7 @@ import torch
 from hieraquery_core.backbones import build_mllm
 from hieraquery_core.checkpoint import replace_directory
 from hieraquery_core.config import BackboneSpec
-from hieraquery_core.mllm import FrozenMLLM
-from hieraquery_core.mllm import ImageList
+from hieraquery_core.mllm import FrozenMLLM, ImageList
 from hieraquery_core.shapesworld import render, sample_caption, sample_question, sample_text_question
 from hieraquery_core.shapesworld.understanding import parse_question
 from hieraquery_core.tiny import TINY_VOCABULARY
@@ -69,7 +68,7 @@ def sample_examples(rng: np.random.Generator, n: int, caption_fraction: float = 
     """
     images, questions, answers = [], [], []
     for _ in range(n):
-        if rng.random() < text_fraction:
+        if text_fraction and rng.random() < text_fraction:  # no draw at 0: the image-only stream stays as it was
             text, question, answer = sample_text_question(rng)
             images.append([]), questions.append(f"{text} {TEXT_SEPARATOR} {question}"), answers.append(answer)
             continue

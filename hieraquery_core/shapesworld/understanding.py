@@ -166,11 +166,7 @@ def sample_text_question(rng: np.random.Generator) -> tuple[str, str, str]:
         q = _sample_one(scene, spec.QUESTION_KINDS[int(rng.integers(len(spec.QUESTION_KINDS)))], rng)
         if q is None or (q.kind == "left_of" and not is_caption):
             continue
-        if q.kind == "color" and not re.search(rf"\b{_only_color(scene, q.shape)} {q.shape}\b", text):
+        answer = answer_question(scene, q.text())
+        if q.kind == "color" and not re.search(rf"\b{answer} {q.shape}\b", text):
             continue
-        return text, q.text(), answer_question(scene, q.text())
-
-
-def _only_color(scene: Scene, shape: str) -> str:
-    """The colour of the scene's only object of ``shape``."""
-    return next(o.color for o in scene.objects if o.shape == shape)
+        return text, q.text(), answer
