@@ -65,6 +65,16 @@ def test_pretrain_freezes_the_model_again_and_the_saved_folder_round_trips(tmp_p
     assert loaded.describe(pixels, questions, max_new_tokens=6) == mllm.describe(pixels, questions, max_new_tokens=6)
 
 
+def test_freeze_embeddings_keeps_the_word_embeddings_and_trains_the_rest():
+    mllm = small_mllm()
+    embeddings = mllm.model.get_input_embeddings().weight.detach().clone()
+    head = mllm.model.get_output_embeddings().weight.detach().clone()
+    pretrain(mllm, steps=2, batch=4, log_every=0, freeze_embeddings=True)
+    assert torch.equal(mllm.model.get_input_embeddings().weight, embeddings)
+    assert not torch.equal(mllm.model.get_output_embeddings().weight, head)
+    assert not any(p.requires_grad for p in mllm.model.parameters())
+
+
 def test_text_examples_have_no_image_and_mix_with_image_examples_in_one_loss():
     """Text-only questions ("{prompt} . {question}") carry no image; a batch mixing both kinds trains."""
     rng = np.random.default_rng(4)

@@ -128,12 +128,17 @@ def evaluate_mllm(mllm: FrozenMLLM, n: int = 300, seed: int = EVAL_SEED, batch: 
 
 
 def pretrain(mllm: FrozenMLLM, steps: int, batch: int = 32, lr: float = 2e-3, seed: int = TRAIN_SEED, log_every: int = 50,
-             checkpoint_every: int = 0, out: Path | None = None, text_fraction: float = 0.0) -> list[float]:
+             checkpoint_every: int = 0, out: Path | None = None, text_fraction: float = 0.0, freeze_embeddings: bool = False) -> list[float]:
     """AdamW with warm-up and cosine decay on freshly sampled ShapesWorld examples (a ``text_fraction`` of
-    them questions about a text with no image, :func:`sample_examples`); returns the loss curve."""
+    them questions about a text with no image, :func:`sample_examples`); returns the loss curve.
+
+    ``freeze_embeddings`` keeps the input word embeddings at their initial values (nearly orthogonal random
+    vectors), so the words' identities reach the layers intact however little the pretraining tasks reward
+    telling them apart (docs/demo-and-ablations.md section 1: trained, the three shape words drift together)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 3])
-    params = [p for p in mllm.model.parameters()]
+    embeddings = mllm.model.get_input_embeddings().weight
+    params = [p for p in mllm.model.parameters() if not (freeze_embeddings and p is embeddings)]
     for p in params:
         p.requires_grad_(True)
     mllm.model.train()
@@ -172,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--patch", type=int, default=8, help="vision patch size in pixels; after the 2x2 merge a 64x64 image is a 4x4 grid of image tokens at 8, 8x8 at 4 (default %(default)s)")
     parser.add_argument("--text-fraction", type=float, default=0.0, help="share of examples that are questions about a prompt or caption with no image (default %(default)s)")
+    parser.add_argument("--freeze-embeddings", action="store_true", help="keep the input word embeddings at their initialisation (the words stay apart)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-n", type=int, default=300)
     parser.add_argument("--out", type=Path, default=ASSET_DIR)
@@ -182,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     spec = BackboneSpec("qwen2_5_vl", path=str(args.resume)) if args.resume else shapesworld_mllm_spec(width=args.width, layers=args.layers, patch=args.patch)
     mllm = build_mllm(spec)
-    pretrain(mllm, args.steps, batch=args.batch, lr=args.lr, seed=args.seed, checkpoint_every=500, out=args.out, text_fraction=args.text_fraction)
+    pretrain(mllm, args.steps, batch=args.batch, lr=args.lr, seed=args.seed, checkpoint_every=500, out=args.out, text_fraction=args.text_fraction,
+             freeze_embeddings=args.freeze_embeddings)
     save_mllm(mllm, args.out)
     scores = evaluate_mllm(mllm, n=args.eval_n)
     (args.out / "understanding_scores.json").write_text(json.dumps(scores, indent=2) + "\n")
