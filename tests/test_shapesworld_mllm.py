@@ -11,7 +11,8 @@ import torch
 from hieraquery_core.backbones import build_mllm
 from hieraquery_core.config import BackboneSpec
 from hieraquery_core.shapesworld import edit_triplets
-from train.shapesworld_mllm import ASSET_DIR, TEXT_SEPARATOR, answer_loss, evaluate_mllm, main, pixels_of, pretrain, sample_examples, save_mllm, shapesworld_mllm_spec
+from hieraquery_core.shapesworld import is_held_out
+from train.shapesworld_mllm import ASSET_DIR, REPEAT, TEXT_SEPARATOR, answer_loss, evaluate_mllm, main, pixels_of, pretrain, sample_examples, save_mllm, shapesworld_mllm_spec
 
 
 def small_mllm(seed: int = 0):
@@ -94,6 +95,14 @@ def test_text_examples_have_no_image_and_mix_with_image_examples_in_one_loss():
     texts = [i for i, t in enumerate(text_only) if t][:4]
     only_text = answer_loss(mllm, [images[i] for i in texts], [questions[i] for i in texts], [answers[i] for i in texts])
     assert torch.isfinite(only_text)
+
+
+def test_repeat_examples_ask_for_a_training_text_back():
+    images, questions, answers = sample_examples(np.random.default_rng(5), 80, text_fraction=1.0, repeat_fraction=0.5)
+    repeats = [(q, a) for q, a in zip(questions, answers) if q.endswith(f" {TEXT_SEPARATOR} {REPEAT}")]
+    assert not any(images) and 20 < len(repeats) < 60
+    assert all(q == f"{a} {TEXT_SEPARATOR} {REPEAT}" and not is_held_out(a) for q, a in repeats)
+    assert any("," in a for _, a in repeats) and any(" and " in a for _, a in repeats)
 
 
 def test_evaluation_reports_text_questions_and_describe_answers_without_an_image():

@@ -28,13 +28,15 @@ from hieraquery_core.backbones import build_mllm
 from hieraquery_core.checkpoint import replace_directory
 from hieraquery_core.config import BackboneSpec
 from hieraquery_core.mllm import FrozenMLLM, ImageList
-from hieraquery_core.shapesworld import render, sample_caption, sample_question, sample_text_question
+from hieraquery_core.shapesworld import render, sample_caption, sample_question, sample_text_question, sample_training_text
 from hieraquery_core.shapesworld.understanding import parse_question
 from hieraquery_core.tiny import TINY_VOCABULARY
 from train.backbone_pretraining import pretrain_loop
 
 DESCRIBE = "describe the image"
 """The captioning question (the caption is the canonical prompt, spec "Understanding")."""
+REPEAT = "describe it"
+"""The question of a text-only repeat example ("a red circle . describe it" -> "a red circle", ``--repeat-fraction``)."""
 TEXT_SEPARATOR = "."
 """Between the text and the question of a text-only example ("a red circle . what color is the circle")."""
 ASSET_DIR = Path(__file__).resolve().parents[1] / "hieraquery_core" / "assets" / "shapesworld-mllm"
@@ -59,17 +61,23 @@ def pixels_of(scenes) -> torch.Tensor:
     return torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float() / 255.0
 
 
-def sample_examples(rng: np.random.Generator, n: int, caption_fraction: float = 0.4, text_fraction: float = 0.0) -> tuple[list[list[torch.Tensor]], list[str], list[str]]:
+def sample_examples(rng: np.random.Generator, n: int, caption_fraction: float = 0.4, text_fraction: float = 0.0,
+                    repeat_fraction: float = 0.0) -> tuple[list[list[torch.Tensor]], list[str], list[str]]:
     """``n`` (images, question, answer) examples, ``images`` a list of one rendered scene or empty.
 
-    A ``text_fraction`` of them are questions about a prompt or caption with no image
-    (``sample_text_question``: "{text} . {question}"); of the rest, ``caption_fraction`` are captions
-    ("describe the image") and the others the three question kinds about the image.
+    A ``text_fraction`` of them have no image: ``repeat_fraction`` of those ask for the text back
+    ("{text} . describe it" -> the text, a training prompt or caption, :func:`sample_training_text`), the others
+    are questions the text settles (``sample_text_question``: "{text} . {question}"). Of the rest,
+    ``caption_fraction`` are captions ("describe the image") and the others the three question kinds about the image.
     """
     images, questions, answers = [], [], []
     for _ in range(n):
         if text_fraction and rng.random() < text_fraction:  # no draw at 0: the image-only stream stays as it was
-            text, question, answer = sample_text_question(rng)
+            if repeat_fraction and rng.random() < repeat_fraction:
+                _, text, _ = sample_training_text(rng)
+                question, answer = REPEAT, text
+            else:
+                text, question, answer = sample_text_question(rng)
             images.append([]), questions.append(f"{text} {TEXT_SEPARATOR} {question}"), answers.append(answer)
             continue
         if rng.random() < caption_fraction:
@@ -128,9 +136,10 @@ def evaluate_mllm(mllm: FrozenMLLM, n: int = 300, seed: int = EVAL_SEED, batch: 
 
 
 def pretrain(mllm: FrozenMLLM, steps: int, batch: int = 32, lr: float = 2e-3, seed: int = TRAIN_SEED, log_every: int = 50,
-             checkpoint_every: int = 0, out: Path | None = None, text_fraction: float = 0.0, freeze_embeddings: bool = False) -> list[float]:
+             checkpoint_every: int = 0, out: Path | None = None, text_fraction: float = 0.0, repeat_fraction: float = 0.0, freeze_embeddings: bool = False) -> list[float]:
     """AdamW with warm-up and cosine decay on freshly sampled ShapesWorld examples (a ``text_fraction`` of
-    them questions about a text with no image, :func:`sample_examples`); returns the loss curve.
+    them about a text with no image, ``repeat_fraction`` of those asking for it back, :func:`sample_examples`);
+    returns the loss curve.
 
     ``freeze_embeddings`` keeps the input word embeddings at their initial values (nearly orthogonal random
     vectors), so the words' identities reach the layers intact however little the pretraining tasks reward
@@ -144,7 +153,7 @@ def pretrain(mllm: FrozenMLLM, steps: int, batch: int = 32, lr: float = 2e-3, se
     mllm.model.train()
 
     def batch_loss(step: int) -> tuple[torch.Tensor, str]:
-        images, questions, answers = sample_examples(rng, batch, text_fraction=text_fraction)
+        images, questions, answers = sample_examples(rng, batch, text_fraction=text_fraction, repeat_fraction=repeat_fraction)
         return answer_loss(mllm, images, questions, answers), ""
 
     def checkpoint(done: int) -> None:
@@ -177,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--patch", type=int, default=8, help="vision patch size in pixels; after the 2x2 merge a 64x64 image is a 4x4 grid of image tokens at 8, 8x8 at 4 (default %(default)s)")
     parser.add_argument("--text-fraction", type=float, default=0.0, help="share of examples that are questions about a prompt or caption with no image (default %(default)s)")
+    parser.add_argument("--repeat-fraction", type=float, default=0.0, help="share of the text-only examples that ask for the text back (\"... . describe it\") (default %(default)s)")
     parser.add_argument("--freeze-embeddings", action="store_true", help="keep the input word embeddings at their initialisation (the words stay apart)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-n", type=int, default=300)
@@ -189,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = BackboneSpec("qwen2_5_vl", path=str(args.resume)) if args.resume else shapesworld_mllm_spec(width=args.width, layers=args.layers, patch=args.patch)
     mllm = build_mllm(spec)
     pretrain(mllm, args.steps, batch=args.batch, lr=args.lr, seed=args.seed, checkpoint_every=500, out=args.out, text_fraction=args.text_fraction,
-             freeze_embeddings=args.freeze_embeddings)
+             repeat_fraction=args.repeat_fraction, freeze_embeddings=args.freeze_embeddings)
     save_mllm(mllm, args.out)
     scores = evaluate_mllm(mllm, n=args.eval_n)
     (args.out / "understanding_scores.json").write_text(json.dumps(scores, indent=2) + "\n")

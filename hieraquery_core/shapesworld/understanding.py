@@ -25,7 +25,7 @@ from .prompts import caption, is_held_out, sample_pair
 from .scene import Scene, random_scene, relation_holds
 
 __all__ = ["Question", "answer_question", "parse_question", "sample_question", "question_pairs",
-           "sample_caption", "sample_text_question", "caption"]
+           "sample_caption", "sample_training_text", "sample_text_question", "caption"]
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,16 @@ def sample_caption(rng: np.random.Generator, exclude_held_out: bool = True) -> t
             return scene, text
 
 
+def sample_training_text(rng: np.random.Generator) -> tuple[Scene, str, bool]:
+    """A (scene, text, is_caption) triple: half the time a training caption, else a training prompt of a random
+    category with a scene drawn for it (never a held-out prompt or scene)."""
+    if rng.random() < 0.5:
+        scene, text = sample_caption(rng)
+        return scene, text, True
+    text, scene = sample_pair(spec.CATEGORIES[int(rng.integers(len(spec.CATEGORIES)))], rng)
+    return scene, text, False
+
+
 def sample_text_question(rng: np.random.Generator) -> tuple[str, str, str]:
     """A (text, question, answer) triple answered from the text alone, with no image.
 
@@ -157,12 +167,7 @@ def sample_text_question(rng: np.random.Generator) -> tuple[str, str, str]:
     text pretraining would have taught it, so each word of a prompt reaches the query states (Eq. 4).
     """
     while True:
-        if rng.random() < 0.5:
-            scene, text = sample_caption(rng)
-            is_caption = True
-        else:
-            text, scene = sample_pair(spec.CATEGORIES[int(rng.integers(len(spec.CATEGORIES)))], rng)
-            is_caption = False
+        scene, text, is_caption = sample_training_text(rng)
         q = _sample_one(scene, spec.QUESTION_KINDS[int(rng.integers(len(spec.QUESTION_KINDS)))], rng)
         if q is None or (q.kind == "left_of" and not is_caption):
             continue
