@@ -35,10 +35,10 @@ bench: venv
 bench-smoke: venv
 	$(BIN)/python -m bench.run --smoke
 
-## Retrain the bundled ShapesWorld demo checkpoint (CPU: about an hour and a half): the latent-space
-## recipe in one cosine over the bundled model's 4,500 text-to-image steps (it was made in two runs).
+## Retrain the bundled ShapesWorld demo checkpoint (CPU: about 1.3 hours): the latent-space
+## recipe in one cosine over the bundled model's 3,600 text-to-image steps (it was made in two runs).
 demo-checkpoint: venv
-	$(BIN)/python -m train.make_demo --config train/configs/shapesworld-demo-latent.json --steps 4500,0,0
+	$(BIN)/python -m train.make_demo --config train/configs/shapesworld-demo-latent.json --steps 3600,0,0
 
 ## Regenerate the ablation table (paper Tables 3-4 in miniature) into results/.
 ablations: venv

@@ -9,7 +9,7 @@
 Steps (paper section 4.2, in miniature):
 
 0. the frozen MLLM: :mod:`train.shapesworld_mllm` pretrains a small Qwen2.5-VL on ShapesWorld captions and
-   questions once (only when the config's MLLM is ``hieraquery_core/assets/shapesworld-mllm`` and it is missing);
+   questions (and text-only questions and repeats) once (only when the config's MLLM is ``hieraquery_core/assets/shapesworld-mllm`` and it is missing);
    likewise :mod:`train.shapesworld_vae` trains the autoencoder of a latent-space config
    (``train/configs/shapesworld-demo-latent.json``) when ``hieraquery_core/assets/shapesworld-vae`` is missing;
 1. text-to-image pretraining on ShapesWorld's training pairs (held-out prompts and scenes are never drawn);
@@ -101,12 +101,11 @@ def launch_state():
     return make_accelerator(TrainConfig())
 
 
-def pretrain_mllm(runs: Path) -> None:
-    """Step 0, the recipe of the committed MLLM: 2000 steps at lr 2e-3, then 1200 more at lr 1e-3 on a fresh stream."""
-    phase1 = runs / "mllm-phase1"
-    if not (phase1 / "model.safetensors").is_file():
-        shapesworld_mllm.main(["--steps", "2000", "--lr", "2e-3", "--seed", "1", "--out", str(phase1)])
-    shapesworld_mllm.main(["--resume", str(phase1), "--steps", "1200", "--lr", "1e-3", "--seed", "2", "--out", str(shapesworld_mllm.ASSET_DIR)])
+def pretrain_mllm() -> None:
+    """Step 0, the recipe of the committed MLLM: 6000 steps at lr 2e-3, half the examples text-only, half of those
+    asking for the text back (docs/demo-and-ablations.md section 1: without them the shape words collapse)."""
+    shapesworld_mllm.main(["--steps", "6000", "--lr", "2e-3", "--seed", "1", "--text-fraction", "0.5", "--repeat-fraction", "0.5",
+                           "--out", str(shapesworld_mllm.ASSET_DIR)])
 
 
 def pretrain_vae() -> None:
@@ -187,7 +186,7 @@ def run(args: argparse.Namespace) -> Path | None:
     config = demo_config(args.config)
     with state.main_process_first():  # the main process pretrains a missing MLLM; the others then find it
         if missing_asset(config.mllm.path, shapesworld_mllm.ASSET_DIR, "model.safetensors"):
-            pretrain_mllm(args.runs)
+            pretrain_mllm()
         if missing_asset(config.codec.path, shapesworld_vae.ASSET_DIR, "diffusion_pytorch_model.safetensors"):
             pretrain_vae()
     final = train_stages(args, config, state)
