@@ -7,11 +7,12 @@ ShapesWorld has no pretrained MLLM, so this module makes one: transformers' ``Qw
 trained with next-token loss on the answer tokens given image + question, where the question is either one
 of the three ShapesWorld questions or "describe the image" (answer: the caption), and, with ``--text-fraction``,
 questions about a prompt or caption given as text with no image ("a red circle . what color is the circle"),
-which a real MLLM's text pretraining would have covered: without them the shape words collapse (their
-embeddings grow nearly parallel, docs/demo-and-ablations.md section 3). This is *not* a HieraQuery
-stage: it happens once, before, and the result is saved as a Hugging Face folder and then frozen.
+and, with ``--repeat-fraction``, the text asked back ("a red circle . describe it" -> "a red circle"), which a real
+MLLM's text pretraining would have covered: without the repeats the shape words collapse in the query states
+(docs/demo-and-ablations.md section 1). This is *not* a HieraQuery stage: it happens once, before, and the
+result is saved as a Hugging Face folder and then frozen. The committed MLLM's recipe:
 
-    python -m train.shapesworld_mllm --steps 3000 --out hieraquery_core/assets/shapesworld-mllm
+    python -m train.shapesworld_mllm --steps 6000 --lr 2e-3 --seed 1 --text-fraction 0.5 --repeat-fraction 0.5 --out hieraquery_core/assets/shapesworld-mllm
 """
 
 from __future__ import annotations
