@@ -10,8 +10,7 @@ import torch
 
 from hieraquery_core.backbones import build_mllm
 from hieraquery_core.config import BackboneSpec
-from hieraquery_core.shapesworld import edit_triplets
-from hieraquery_core.shapesworld import is_held_out
+from hieraquery_core.shapesworld import edit_triplets, is_held_out
 from train.shapesworld_mllm import ASSET_DIR, REPEAT, TEXT_SEPARATOR, answer_loss, evaluate_mllm, main, pixels_of, pretrain, sample_examples, save_mllm, shapesworld_mllm_spec
 
 
