@@ -46,6 +46,8 @@ def test_random_model_scores_low_and_the_report_is_complete():
     report = evaluate_model(model, EvalSettings(n=6, n_edits=4, batch=6, steps=2, flow_n=6))
     assert report["geneval"]["overall"] < 0.35
     assert report["edit_accuracy"]["overall"] < 0.5
+    recon = report["reconstruction_accuracy"]
+    assert set(recon) == {"in_place", "objects"} and recon["in_place"] <= recon["objects"] < 0.5
     assert set(report["overall_by_scale"]) == {"16", "32", "64"}
     assert 0.0 <= report["cross_scale_consistency"] <= 1.0
     assert len(report["flow_loss"]["per_scale"]) == 3 and report["flow_loss"]["final"] > 0

@@ -355,6 +355,24 @@ def test_edit_triplets_scored():
     assert acc["overall"] == 1.0
 
 
+def test_reconstruction_scored_in_place_and_anywhere():
+    s = sw.Scene([obj("red", "circle", 5, 5), obj("blue", "square", 40, 30)])
+    src = sw.render(s)
+    assert sw.reconstruction_correct(src, src)
+    moved = sw.render(sw.Scene([obj("red", "circle", 12, 5), obj("blue", "square", 40, 30)]))
+    assert not sw.reconstruction_correct(src, moved)  # the circle moved 7 px
+    assert sw.reconstruction_correct(src, moved, tolerance=None)
+    recoloured = sw.render(sw.apply_instruction(s, "make the red circle green"))
+    restyled = sw.render(sw.apply_instruction(s, "make it outline style"))
+    removed = sw.render(sw.apply_instruction(s, "remove the red circle"))
+    for wrong in (recoloured, restyled, removed):
+        assert not sw.reconstruction_correct(src, wrong, tolerance=None)
+    acc = sw.reconstruction_accuracy([(src, src), (src, moved), (src, removed), (src, src)])
+    assert acc == {"in_place": 0.5, "objects": 0.75}
+    with pytest.raises(ValueError, match="no pairs"):
+        sw.reconstruction_accuracy([])
+
+
 def test_edit_instructions_apply_and_fail_clearly():
     s = sw.Scene([obj("red", "circle", 5, 5), obj("blue", "square", 40, 5), obj("blue", "square", 5, 40)])
     t = sw.apply_instruction(s, "make the red circle green")

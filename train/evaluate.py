@@ -8,7 +8,9 @@ scales are compared with the final one (cross-scale consistency: does the hierar
 at every resolution, section 3.1's coarse-to-fine claim).
 
 Editing: held-out edit triplets (a random stream no trainer uses) are edited by the pipeline and scored
-with ``edit_accuracy`` (the target must be the source with exactly the instructed change).
+with ``edit_accuracy`` (the target must be the source with exactly the instructed change). Their source
+images are also reconstructed (empty prompt + the image, stage 2's task) and scored with
+``reconstruction_accuracy``: whether the objects come back, in place and anywhere.
 
     python -m train.evaluate --checkpoint hieraquery_core/assets/shapesworld-demo --n 300 --out results/demo.json
     python -m train.evaluate --ground-truth --n 300 --out results/ground_truth.json   # validates the scorer
@@ -31,7 +33,7 @@ from hieraquery_core.images import resize
 from hieraquery_core.model import HieraQuery
 from hieraquery_core.pipeline import HieraQueryPipeline, SamplingOptions
 from hieraquery_core.shapesworld import (CATEGORIES, attribute_accuracy, cross_scale_consistency, edit_accuracy, edit_triplets,
-                                         geneval, heldout_pairs, heldout_prompts, render, render_scales, sample_prompt)
+                                         geneval, heldout_pairs, heldout_prompts, reconstruction_accuracy, render, render_scales, sample_prompt)
 from train.shapesworld_data import to_pixels
 
 EDIT_STREAM = 0x45444954  # "EDIT": the held-out edit triplets' random stream (never used for training)
@@ -90,18 +92,33 @@ def generate_heldout(model: HieraQuery, settings: EvalSettings, prompts: Sequenc
     return scales
 
 
-def evaluate_edits(model: HieraQuery, settings: EvalSettings) -> dict[str, float]:
-    """Edit accuracy (per kind + overall) on held-out triplets, batched."""
+def image_conditioned(model: HieraQuery, settings: EvalSettings, sources: Sequence[np.ndarray], texts: Sequence[str]) -> list[np.ndarray]:
+    """The final images for (source image, text) inputs of the MLLM, ``settings.batch`` at a time, with the
+    editing guidance (text ``guidance`` over the image-only branch, ``image_guidance`` over the empty one)."""
     pipe = HieraQueryPipeline(model)
     options = SamplingOptions(steps=settings.steps, guidance=settings.guidance, image_guidance=settings.image_guidance)
+    outputs: list[np.ndarray] = []
+    for start in range(0, len(sources), settings.batch):
+        pixels = torch.from_numpy(np.stack(sources[start : start + settings.batch])).permute(0, 3, 1, 2).float() / 255.0
+        encoded = pipe.encode(list(texts[start : start + settings.batch]), pixels)
+        outputs.extend(to_uint8(pipe.sample(encoded, seed=settings.seed + start, options=options).final))
+    return outputs
+
+
+def evaluate_edits(model: HieraQuery, settings: EvalSettings) -> dict[str, float]:
+    """Edit accuracy (per kind + overall) on held-out triplets."""
     triplets = heldout_edits(settings.n_edits, settings.seed)
-    results = []
-    for start in range(0, len(triplets), settings.batch):
-        chunk = triplets[start : start + settings.batch]
-        sources = np.stack([render(t.source) for t in chunk])
-        out = pipe.edit(torch.from_numpy(sources).permute(0, 3, 1, 2).float() / 255.0, [t.instruction for t in chunk], seed=settings.seed + start, options=options)
-        results.extend(zip(sources, [t.instruction for t in chunk], to_uint8(out.final)))
-    return edit_accuracy(results)
+    sources = [render(t.source) for t in triplets]
+    instructions = [t.instruction for t in triplets]
+    return edit_accuracy(zip(sources, instructions, image_conditioned(model, settings, sources, instructions)))
+
+
+def evaluate_reconstruction(model: HieraQuery, settings: EvalSettings) -> dict[str, float]:
+    """Reconstruction accuracy (stage 2's "output consistent with the input", section 4.2) on the held-out
+    edits' source images: the empty prompt + the image, i.e. the editing's image-only branch, which every
+    edit builds on (:func:`~hieraquery_core.shapesworld.reconstruction_accuracy`: in place and anywhere)."""
+    sources = [render(t.source) for t in heldout_edits(settings.n_edits, settings.seed)]
+    return reconstruction_accuracy(zip(sources, image_conditioned(model, settings, sources, [""] * len(sources))))
 
 
 def validation_prompts(n: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -171,6 +188,7 @@ def evaluate_model(model: HieraQuery, settings: EvalSettings) -> dict:
         report["flow_loss"] = heldout_flow_loss(model, settings)
     if settings.n_edits and model.mllm.supports_images:
         report["edit_accuracy"] = evaluate_edits(model, settings)
+        report["reconstruction_accuracy"] = evaluate_reconstruction(model, settings)
     report["seconds"] = round(time.time() - start, 1)
     return report
 

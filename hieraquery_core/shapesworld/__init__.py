@@ -7,7 +7,8 @@ from . import spec
 from .edits import (EditTriplet, Instruction, apply_instruction, check_instruction, edit_triplets,
                     parse_instruction, sample_edit)
 from .evaluate import (DetectedObject, classify_shape, cross_scale_consistency, edit_accuracy, edit_correct,
-                       attribute_accuracy, geneval, label_components, parse_image, scale_agreement, score_prompt)
+                       attribute_accuracy, geneval, label_components, parse_image, reconstruction_accuracy, reconstruction_correct,
+                       scale_agreement, score_prompt)
 from .prompts import (ALL_PROMPTS, HELDOUT_PROMPTS, TRAIN_PROMPTS, ObjectSpec, Requirement, caption,
                       heldout_pairs, heldout_prompts, is_held_out, is_held_out_scene, parse_prompt,
                       sample_pair, sample_prompt, scene_for_prompt, scene_satisfies, train_pairs)
@@ -31,5 +32,5 @@ __all__ = [
     "Question", "parse_question", "answer_question", "sample_question", "question_pairs", "sample_caption",
     "sample_text_question", "sample_training_text",
     "DetectedObject", "label_components", "parse_image", "classify_shape", "score_prompt", "geneval", "attribute_accuracy",
-    "edit_correct", "edit_accuracy", "scale_agreement", "cross_scale_consistency",
+    "edit_correct", "edit_accuracy", "reconstruction_correct", "reconstruction_accuracy", "scale_agreement", "cross_scale_consistency",
 ]

@@ -319,13 +319,41 @@ def edit_correct(source_image: np.ndarray, instruction: str, target_image: np.nd
         del expected[find_named(src, ins.color, ins.shape, instruction)]  # type: ignore[arg-type]
     else:
         expected.append((ins.color, ins.shape, None))  # type: ignore[arg-type]
+    return _matches(tgt, expected, style, tolerance)
+
+
+def _matches(tgt: Sequence[DetectedObject], expected: Sequence[tuple[str, str, tuple[int, int, int, int] | None]],
+             style: str, tolerance: float | None) -> bool:
+    """The detected objects are the expected ones (colour, shape; in place where a box is given and
+    ``tolerance`` is not None), one to one, all in ``style``."""
     if len(tgt) != len(expected) or any(o.style != style for o in tgt):
         return False
     for perm in itertools.permutations(range(len(tgt))):
-        if all(tgt[p].color == c and tgt[p].shape == s and (box is None or _same_place(tgt[p], box, tolerance))
+        if all(tgt[p].color == c and tgt[p].shape == s and (box is None or tolerance is None or _same_place(tgt[p], box, tolerance))
                for (c, s, box), p in zip(expected, perm)):
             return True
     return False
+
+
+def reconstruction_correct(source_image: np.ndarray, output_image: np.ndarray, tolerance: float | None = EDIT_POSITION_TOLERANCE) -> bool:
+    """True when the output parses into the source's objects: same colours, shapes and style, each in
+    place (as :func:`edit_correct`'s unchanged objects) unless ``tolerance`` is None.
+
+    The paper's reconstruction stage (section 4.2) is there to "make the output of the model consistent
+    with the input"; this is that consistency, the part of every edit that must not change.
+    """
+    src = parse_image(source_image)
+    style = src[0].style if src else spec.DEFAULT_STYLE
+    return _matches(parse_image(output_image), [(o.color, o.shape, o.box) for o in src], style, tolerance)
+
+
+def reconstruction_accuracy(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Of (source_image, output_image) pairs: ``in_place`` (:func:`reconstruction_correct`) and
+    ``objects`` (the same objects anywhere) accuracy."""
+    scored = [(reconstruction_correct(s, o), reconstruction_correct(s, o, tolerance=None)) for s, o in pairs]
+    if not scored:
+        raise ValueError("no pairs to score")
+    return {"in_place": float(np.mean([a for a, _ in scored])), "objects": float(np.mean([b for _, b in scored]))}
 
 
 def edit_accuracy(results: Iterable[tuple[np.ndarray, str, np.ndarray]]) -> dict[str, float]:
