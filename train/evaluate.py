@@ -105,20 +105,16 @@ def image_conditioned(model: HieraQuery, settings: EvalSettings, sources: Sequen
     return outputs
 
 
-def evaluate_edits(model: HieraQuery, settings: EvalSettings) -> dict[str, float]:
-    """Edit accuracy (per kind + overall) on held-out triplets."""
+def evaluate_edits(model: HieraQuery, settings: EvalSettings) -> dict[str, dict[str, float]]:
+    """On held-out triplets: ``edit_accuracy`` (per kind + overall) and ``reconstruction_accuracy`` of their
+    source images (stage 2's "output consistent with the input", section 4.2): the empty prompt + the image,
+    i.e. the editing's image-only branch, which every edit builds on
+    (:func:`~hieraquery_core.shapesworld.reconstruction_accuracy`: in place and anywhere)."""
     triplets = heldout_edits(settings.n_edits, settings.seed)
     sources = [render(t.source) for t in triplets]
     instructions = [t.instruction for t in triplets]
-    return edit_accuracy(zip(sources, instructions, image_conditioned(model, settings, sources, instructions)))
-
-
-def evaluate_reconstruction(model: HieraQuery, settings: EvalSettings) -> dict[str, float]:
-    """Reconstruction accuracy (stage 2's "output consistent with the input", section 4.2) on the held-out
-    edits' source images: the empty prompt + the image, i.e. the editing's image-only branch, which every
-    edit builds on (:func:`~hieraquery_core.shapesworld.reconstruction_accuracy`: in place and anywhere)."""
-    sources = [render(t.source) for t in heldout_edits(settings.n_edits, settings.seed)]
-    return reconstruction_accuracy(zip(sources, image_conditioned(model, settings, sources, [""] * len(sources))))
+    return {"edit_accuracy": edit_accuracy(zip(sources, instructions, image_conditioned(model, settings, sources, instructions))),
+            "reconstruction_accuracy": reconstruction_accuracy(zip(sources, image_conditioned(model, settings, sources, [""] * len(sources))))}
 
 
 def validation_prompts(n: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -187,8 +183,7 @@ def evaluate_model(model: HieraQuery, settings: EvalSettings) -> dict:
     if settings.flow_n:
         report["flow_loss"] = heldout_flow_loss(model, settings)
     if settings.n_edits and model.mllm.supports_images:
-        report["edit_accuracy"] = evaluate_edits(model, settings)
-        report["reconstruction_accuracy"] = evaluate_reconstruction(model, settings)
+        report.update(evaluate_edits(model, settings))
     report["seconds"] = round(time.time() - start, 1)
     return report
 

@@ -335,6 +335,11 @@ def _matches(tgt: Sequence[DetectedObject], expected: Sequence[tuple[str, str, t
     return False
 
 
+def _reconstructed(src: Sequence[DetectedObject], out: Sequence[DetectedObject], tolerance: float | None) -> bool:
+    style = src[0].style if src else spec.DEFAULT_STYLE
+    return _matches(out, [(o.color, o.shape, o.box) for o in src], style, tolerance)
+
+
 def reconstruction_correct(source_image: np.ndarray, output_image: np.ndarray, tolerance: float | None = EDIT_POSITION_TOLERANCE) -> bool:
     """True when the output parses into the source's objects: same colours, shapes and style, each in
     place (as :func:`edit_correct`'s unchanged objects) unless ``tolerance`` is None.
@@ -342,18 +347,17 @@ def reconstruction_correct(source_image: np.ndarray, output_image: np.ndarray, t
     The paper's reconstruction stage (section 4.2) is there to "make the output of the model consistent
     with the input"; this is that consistency, the part of every edit that must not change.
     """
-    src = parse_image(source_image)
-    style = src[0].style if src else spec.DEFAULT_STYLE
-    return _matches(parse_image(output_image), [(o.color, o.shape, o.box) for o in src], style, tolerance)
+    return _reconstructed(parse_image(source_image), parse_image(output_image), tolerance)
 
 
 def reconstruction_accuracy(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
     """Of (source_image, output_image) pairs: ``in_place`` (:func:`reconstruction_correct`) and
-    ``objects`` (the same objects anywhere) accuracy."""
-    scored = [(reconstruction_correct(s, o), reconstruction_correct(s, o, tolerance=None)) for s, o in pairs]
-    if not scored:
+    ``objects`` (the same objects anywhere) accuracy. Each image is parsed once."""
+    parsed = [(parse_image(s), parse_image(o)) for s, o in pairs]
+    if not parsed:
         raise ValueError("no pairs to score")
-    return {"in_place": float(np.mean([a for a, _ in scored])), "objects": float(np.mean([b for _, b in scored]))}
+    return {"in_place": float(np.mean([_reconstructed(s, o, EDIT_POSITION_TOLERANCE) for s, o in parsed])),
+            "objects": float(np.mean([_reconstructed(s, o, None) for s, o in parsed]))}
 
 
 def edit_accuracy(results: Iterable[tuple[np.ndarray, str, np.ndarray]]) -> dict[str, float]:
