@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from hieraquery_core.checkpoint import save_checkpoint
-from train.diagnose import (FACTORS, checkpoint_shares, factor_prompts, main, random_query_shares, ridge_accuracy, variance_shares,
-                            vision_shape_probe)
+from train.diagnose import (FACTORS, checkpoint_shares, factor_prompts, main, random_query_shares, ridge_accuracy, ridge_fit, variance_shares,
+                            vision_position_probe, vision_shape_probe)
 from tests.tiny_models import make_model
 
 
@@ -48,6 +48,15 @@ def test_ridge_probe_reads_separable_labels_and_not_random_ones():
     assert ridge_accuracy(noise[:200], labels[:200], noise[200:], labels[200:]) < 0.5
 
 
+def test_ridge_regression_recovers_a_linear_map_and_shrinks_to_the_mean_not_to_zero():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 4))
+    y = x @ np.array([[1.0, -2.0], [0.5, 0.0], [0.0, 3.0], [2.0, 1.0]]) + np.array([30.0, 20.0])
+    assert np.abs(ridge_fit(x[:200], y[:200], alpha=1e-6)(x[200:]) - y[200:]).max() < 1e-3
+    flat = ridge_fit(x[:200], y[:200], alpha=1e9)(x[200:])
+    assert np.allclose(flat, y[:200].mean(0), atol=1e-3)  # the intercept is not penalised
+
+
 def test_checkpoint_and_mllm_reports_on_a_tiny_model(tmp_path, capsys):
     model = make_model()
     shares = checkpoint_shares(model)
@@ -59,6 +68,9 @@ def test_checkpoint_and_mllm_reports_on_a_tiny_model(tmp_path, capsys):
     random = random_query_shares(model.mllm, grid=(2, 2), seeds=1)
     assert random["color"] > 0 and random["shape"] > 0  # an untrained MLLM passes on every word
     assert 0 <= vision_shape_probe(model.mllm, n=12, batch=12) <= 1
+    position = vision_position_probe(model.mllm, n=12, batch=12)
+    assert set(position) == {"mean_px", "within_2px", "baseline_mean_px"} and 0 <= position["within_2px"] <= 1
+    assert 0 < position["baseline_mean_px"] < 32 and position["mean_px"] >= 0
     save_checkpoint(model, tmp_path / "tiny")
     main(["--checkpoint", str(tmp_path / "tiny"), "--out", str(tmp_path / "report.json")])
     report = json.loads((tmp_path / "report.json").read_text())

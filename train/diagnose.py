@@ -12,7 +12,9 @@ cannot follow it, however long it trains. This module measures, on the 36 single
 * for an MLLM alone (before any HieraQuery training), the same with random queries of the size HieraQuery
   initialises them with, so two MLLMs can be compared before an hour of DiT training is spent on either;
 * how well the vision encoder separates the shapes: a ridge probe of the shape from the vision feature at
-  the object's centre in single-object scenes (fit on 300, tested on 300 others; chance is a third).
+  the object's centre in single-object scenes (fit on 300, tested on 300 others; chance is a third);
+* how precisely it locates an object: a ridge regression of the object's centre from the whole feature grid
+  (in-place reconstruction, the editing stage's premise, needs 2 px).
 
     python -m train.diagnose --mllm hieraquery_core/assets/shapesworld-mllm
     python -m train.diagnose --checkpoint hieraquery_core/assets/shapesworld-demo
@@ -101,44 +103,72 @@ def random_query_shares(mllm: FrozenMLLM, grid: tuple[int, int] = (16, 16), seed
     return {f: float(np.mean([d[f] for d in draws])) for f in FACTORS}
 
 
+def ridge_fit(train_x: np.ndarray, targets: np.ndarray, alpha: float = 1.0):
+    """A ridge regression on standardised features fit to ``targets`` [N, K], its intercept not penalised; returns its predictor."""
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    target_mean = targets.mean(0)
+    a = (train_x - mean) / std
+    weights = np.linalg.solve(a.T @ a + alpha * np.eye(a.shape[1]), a.T @ (targets - target_mean))
+    return lambda x: (x - mean) / std @ weights + target_mean
+
+
 def ridge_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, alpha: float = 1.0) -> float:
     """Accuracy of a one-vs-rest ridge classifier (standardised features) fit on train, scored on test."""
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    a, b = (train_x - mean) / std, (test_x - mean) / std
     classes = np.unique(train_y)
-    targets = (train_y[:, None] == classes[None]).astype(float) * 2 - 1
-    a1, b1 = np.hstack([a, np.ones((len(a), 1))]), np.hstack([b, np.ones((len(b), 1))])
-    weights = np.linalg.solve(a1.T @ a1 + alpha * np.eye(a1.shape[1]), a1.T @ targets)
-    return float(np.mean(classes[(b1 @ weights).argmax(1)] == test_y))
+    predict = ridge_fit(train_x, (train_y[:, None] == classes[None]).astype(float) * 2 - 1, alpha)
+    return float(np.mean(classes[predict(test_x).argmax(1)] == test_y))
+
+
+def single_object_features(mllm: FrozenMLLM, n: int, seed: int, batch: int) -> tuple[torch.Tensor, list]:
+    """The vision feature grids [2n, h, w, D] of ``2 n`` single-object scenes (filled or outline) and the scenes."""
+    rng = np.random.default_rng([seed, 17])
+    grids, scenes = [], []
+    for start in range(0, 2 * n, batch):
+        drawn = [random_scene(rng, n_objects=1, outline_prob=0.5) for _ in range(min(batch, 2 * n - start))]
+        grids.append(mllm.vision_features(pixels_of(drawn)))
+        scenes += drawn
+    return torch.cat(grids), scenes
 
 
 @torch.no_grad()
 def vision_shape_probe(mllm: FrozenMLLM, n: int = 300, seed: int = 0, batch: int = 50) -> float:
     """Held-out accuracy of a ridge probe reading a single object's shape from the vision feature of the
     image token that holds the object's centre (fit on ``n`` scenes, scored on ``n`` others)."""
-    rng = np.random.default_rng([seed, 17])
-    features, shapes = [], []
-    for start in range(0, 2 * n, batch):
-        scenes = [random_scene(rng, n_objects=1, outline_prob=0.5) for _ in range(min(batch, 2 * n - start))]
-        grid = mllm.vision_features(pixels_of(scenes))
-        rows, cols = grid.shape[1:3]
-        for cell, scene in zip(grid, scenes):
-            obj = scene.objects[0]
-            features.append(cell[int(obj.cy * rows / spec.CANVAS), int(obj.cx * cols / spec.CANVAS)].double().numpy())
-            shapes.append(obj.shape)
-    x, y = np.stack(features), np.array(shapes)
+    grids, scenes = single_object_features(mllm, n, seed, batch)
+    rows, cols = grids.shape[1:3]
+    cells = [grid[int(s.objects[0].cy * rows / spec.CANVAS), int(s.objects[0].cx * cols / spec.CANVAS)] for grid, s in zip(grids, scenes)]
+    x, y = torch.stack(cells).double().numpy(), np.array([s.objects[0].shape for s in scenes])
     return ridge_accuracy(x[:n], y[:n], x[n:], y[n:])
 
 
+@torch.no_grad()
+def vision_position_probe(mllm: FrozenMLLM, n: int = 300, seed: int = 0, batch: int = 50) -> dict[str, float]:
+    """How precisely the vision encoder's whole feature grid locates a single object: a ridge regression of its
+    box centre (x, y) in pixels, fit on ``n`` scenes and scored on ``n`` others. In-place reconstruction (and so
+    editing) needs every object back within 2 px (``shapesworld.reconstruction_correct``); ``within_2px`` is
+    the share of held-out objects the probe places that well, ``baseline_mean_px`` the error of always
+    answering the mean position."""
+    grids, scenes = single_object_features(mllm, n, seed, batch)
+    x = grids.reshape(len(grids), -1).double().numpy()
+    y = np.array([[s.objects[0].cx, s.objects[0].cy] for s in scenes], dtype=float)
+    error = np.abs(ridge_fit(x[:n], y[:n], alpha=float(x.shape[1]))(x[n:]) - y[n:])
+    return {
+        "mean_px": float(error.mean()),
+        "within_2px": float(np.mean(error.max(1) <= 2.0)),
+        "baseline_mean_px": float(np.abs(y[n:] - y[:n].mean(0)).mean()),
+    }
+
+
 def diagnose_mllm(folder: Path) -> dict:
-    """The report for an MLLM folder: random-query variance shares and the vision shape probe."""
+    """The report for an MLLM folder: random-query variance shares and the vision shape and position probes."""
     mllm = build_mllm(BackboneSpec("qwen2_5_vl", path=str(folder)))
-    return {"mllm": str(folder), "random_query_shares_16x16": random_query_shares(mllm), "vision_shape_probe": vision_shape_probe(mllm)}
+    return {"mllm": str(folder), "random_query_shares_16x16": random_query_shares(mllm), "vision_shape_probe": vision_shape_probe(mllm),
+            "vision_position_probe": vision_position_probe(mllm)}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mllm", type=Path, help="an MLLM folder: random-query shares and the vision shape probe")
+    parser.add_argument("--mllm", type=Path, help="an MLLM folder: random-query shares and the vision shape and position probes")
     parser.add_argument("--checkpoint", type=Path, help="a HieraQuery checkpoint: shares of its query states and conditions")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="also write the report here as JSON")
