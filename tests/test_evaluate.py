@@ -9,13 +9,14 @@ import torch
 from hieraquery_core.backbones import build_mllm
 from hieraquery_core.checkpoint import bundled_demo, load_checkpoint
 from hieraquery_core.config import BackboneSpec, HieraQueryConfig
+from hieraquery_core.errors import HieraQueryError
 from hieraquery_core.model import HieraQuery
 from hieraquery_core.pipeline import HieraQueryPipeline, SamplingOptions
 from hieraquery_core.shapesworld import heldout_prompts
 from hieraquery_core.tiny import tiny_config
 from train.ablations import VARIANTS, variant_config
 from train.evaluate import (EvalSettings, evaluate_ground_truth, evaluate_model, heldout_edits, heldout_flow_loss, score_generations,
-                            tune_guidance)
+                            tune_setting)
 from train.make_demo import CONFIG, demo_config
 from train.shapesworld_mllm import ASSET_DIR
 
@@ -53,14 +54,24 @@ def test_random_model_scores_low_and_the_report_is_complete():
     assert len(report["flow_loss"]["per_scale"]) == 3 and report["flow_loss"]["final"] > 0
 
 
-def test_guidance_tuning_reports_overall_and_attributes_per_value():
+def test_guidance_tuning_reports_overall_consistency_and_attributes_per_value():
     torch.manual_seed(0)
     model = HieraQuery.from_config(tiny_config(image_size=64)).eval()
-    tuning = tune_guidance(model, EvalSettings(batch=6, steps=1), [1.0, 4.0], n=6)
+    tuning = tune_setting(model, EvalSettings(batch=6, steps=1), "guidance", [1.0, 4.0], n=6)
     assert set(tuning) == {1.0, 4.0}
     for scored in tuning.values():
-        assert 0.0 <= scored["overall"] <= 1.0
+        assert 0.0 <= scored["overall"] <= 1.0 and 0.0 <= scored["consistency"] <= 1.0
         assert set(scored["attributes"]) == {"count", "shape", "color", "style", "n_counted"}
+    with pytest.raises(HieraQueryError, match="cannot tune 'steps'"):
+        tune_setting(model, EvalSettings(batch=6, steps=1), "steps", [4], n=6)
+
+
+def test_refinement_makes_the_demo_paint_one_scene_at_every_scale():
+    model = load_checkpoint(bundled_demo())
+    with torch.inference_mode():
+        tuning = tune_setting(model, EvalSettings(batch=12, steps=8), "refine_strength", [1.0, 0.25], n=12)
+    # each scale starting from the previous one re-noised keeps the coarse scale's objects (0.15 -> 0.88 on 300 prompts)
+    assert tuning[0.25]["consistency"] > tuning[1.0]["consistency"] + 0.2
 
 
 def test_heldout_flow_loss_is_deterministic_and_shows_the_demo_uses_its_prompt():

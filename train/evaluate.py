@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from hieraquery_core.checkpoint import load_checkpoint
+from hieraquery_core.errors import require
 from hieraquery_core.images import resize
 from hieraquery_core.model import HieraQuery
 from hieraquery_core.pipeline import HieraQueryPipeline, SamplingOptions
@@ -51,6 +52,9 @@ class EvalSettings:
     steps: int = 16
     guidance: float = 3.0
     image_guidance: float = 1.5
+    refine_strength: float = 1.0
+    """Each scale after the first starts from the previous one re-noised to this strength (the pipeline's
+    alignment-aware refinement); 1.0 paints every scale from pure noise, as the paper does."""
     flow_n: int = 96
     """Held-out pairs of the held-out flow loss (:func:`heldout_flow_loss`); 0 skips it."""
 
@@ -82,7 +86,7 @@ def score_generations(prompts: Sequence[tuple[str, str]], scales: Sequence[Seque
 def generate_heldout(model: HieraQuery, settings: EvalSettings, prompts: Sequence[tuple[str, str]]) -> list[list[np.ndarray]]:
     """Every scale's images for the prompts, generated ``settings.batch`` prompts at a time."""
     pipe = HieraQueryPipeline(model)
-    options = SamplingOptions(steps=settings.steps, guidance=settings.guidance)
+    options = SamplingOptions(steps=settings.steps, guidance=settings.guidance, refine_strength=settings.refine_strength)
     scales: list[list[np.ndarray]] = [[] for _ in model.config.scales]
     for start in range(0, len(prompts), settings.batch):
         chunk = [p for _, p in prompts[start : start + settings.batch]]
@@ -96,7 +100,7 @@ def image_conditioned(model: HieraQuery, settings: EvalSettings, sources: Sequen
     """The final images for (source image, text) inputs of the MLLM, ``settings.batch`` at a time, with the
     editing guidance (text ``guidance`` over the image-only branch, ``image_guidance`` over the empty one)."""
     pipe = HieraQueryPipeline(model)
-    options = SamplingOptions(steps=settings.steps, guidance=settings.guidance, image_guidance=settings.image_guidance)
+    options = SamplingOptions(steps=settings.steps, guidance=settings.guidance, image_guidance=settings.image_guidance, refine_strength=settings.refine_strength)
     outputs: list[np.ndarray] = []
     for start in range(0, len(sources), settings.batch):
         pixels = torch.from_numpy(np.stack(sources[start : start + settings.batch])).permute(0, 3, 1, 2).float() / 255.0
@@ -123,15 +127,21 @@ def validation_prompts(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return [(c, sample_prompt(c, rng, split="train")) for c in CATEGORIES for _ in range(n // len(CATEGORIES))]
 
 
-def tune_guidance(model: HieraQuery, settings: EvalSettings, guidances: Sequence[float], n: int = 60) -> dict[float, dict]:
-    """GenEval overall and the attribute diagnostic (:func:`attribute_accuracy`) on validation prompts for each
-    guidance scale (the held-out prompts are not looked at): ``{guidance: {"overall": ..., "attributes": ...}}``."""
+TUNABLE = ("guidance", "refine_strength")
+"""The sampling settings :func:`tune_setting` may choose."""
+
+
+def tune_setting(model: HieraQuery, settings: EvalSettings, name: str, values: Sequence[float], n: int = 60) -> dict[float, dict]:
+    """GenEval overall, cross-scale consistency and the attribute diagnostic (:func:`attribute_accuracy`) on
+    validation prompts for each value of the sampling setting ``name`` (the held-out prompts are not looked at):
+    ``{value: {"overall": ..., "consistency": ..., "attributes": ...}}``."""
+    require(name in TUNABLE, f"cannot tune {name!r}; choose one of {', '.join(TUNABLE)}")
     prompts = validation_prompts(n, settings.seed)
     scores = {}
-    for g in guidances:
-        trial = EvalSettings(**{**asdict(settings), "guidance": g})
+    for value in values:
+        trial = EvalSettings(**{**asdict(settings), name: value})
         scored = score_generations(prompts, generate_heldout(model, trial, prompts))
-        scores[g] = {"overall": scored["geneval"]["overall"], "attributes": scored["attributes"]}
+        scores[value] = {"overall": scored["geneval"]["overall"], "consistency": scored["cross_scale_consistency"], "attributes": scored["attributes"]}
     return scores
 
 
@@ -208,8 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     defaults = EvalSettings()
     for name, value in asdict(defaults).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    parser.add_argument("--tune-guidance", help="comma-separated guidance scales to try on validation prompts first; the best is used")
-    parser.add_argument("--tune-n", type=int, default=60, help="validation prompts per guidance scale")
+    for name in TUNABLE:
+        parser.add_argument(f"--tune-{name.replace('_', '-')}", help=f"comma-separated {name.replace('_', ' ')} values to try on validation prompts first; the best is used")
+    parser.add_argument("--tune-n", type=int, default=60, help="validation prompts per value tried")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -221,13 +232,15 @@ def main(argv: list[str] | None = None) -> None:
         model = load_checkpoint(args.checkpoint)
         with torch.inference_mode():
             tuning = {}
-            if args.tune_guidance:
-                tuning = tune_guidance(model, settings, [float(g) for g in args.tune_guidance.split(",")], n=args.tune_n)
-                settings.guidance = max(tuning, key=lambda g: tuning[g]["overall"])
-                print(f"validation overall by guidance: { {g: t['overall'] for g, t in tuning.items()} }; using {settings.guidance}", flush=True)
+            for name in TUNABLE:  # in this order: the refine strength is tried at the chosen guidance
+                values = getattr(args, f"tune_{name}")
+                if values:
+                    tuning[name] = tune_setting(model, settings, name, [float(v) for v in values.split(",")], n=args.tune_n)
+                    setattr(settings, name, max(tuning[name], key=lambda v: tuning[name][v]["overall"]))
+                    print(f"validation overall by {name}: { {v: t['overall'] for v, t in tuning[name].items()} }; using {getattr(settings, name)}", flush=True)
             report = {"source": str(args.checkpoint), **evaluate_model(model, settings)}
-            if tuning:
-                report["guidance_tuning_on_validation_prompts"] = {str(g): v for g, v in tuning.items()}
+            for name, scores in tuning.items():
+                report[f"{name}_tuning_on_validation_prompts"] = {str(v): t for v, t in scores.items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
