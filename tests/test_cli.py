@@ -42,3 +42,15 @@ def test_provenance_reports_a_published_checkpoints_scores_or_note(tmp_path):
     assert provenance(tmp_path) == "; stage 1 of 3, interrupted"
     (tmp_path / "stage.json").write_text(json.dumps({"eval": {"geneval": {"overall": 0.5}, "edit_accuracy": {"overall": 0.25}}}))
     assert provenance(tmp_path) == "; held-out GenEval overall 0.500, edit accuracy 0.250"
+
+
+def test_demo_runs_with_the_demo_checkpoints_tuned_sampling(tmp_path, capsys):
+    from hieraquery_core.cli import build_parser
+
+    demo, generate = (build_parser().parse_args([cmd, *extra]) for cmd, extra in (("demo", []), ("generate", ["--prompt", "a"])))
+    assert (demo.steps, demo.guidance, demo.refine_strength) == ("16", 3.0, 0.2)  # the bundled demo's tuned settings
+    assert (generate.steps, generate.guidance, generate.refine_strength) == ("20", 4.0, 1.0)  # the paper's independent scales
+    ckpt = save_checkpoint(make_model(), tmp_path / "ckpt")
+    assert main(["demo", "--checkpoint", str(ckpt), "--steps", "5", "--out", str(tmp_path / "out")]) == 0  # refinement runs 1 step per later scale
+    assert len(list((tmp_path / "out").glob("demo_generate_s*.png"))) == len(list((tmp_path / "out").glob("demo_edit_s*.png"))) == 3
+    assert "description of the edited image" in capsys.readouterr().out
