@@ -219,10 +219,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-steps", type=positive, default=EvalSettings.steps, help="sampling steps per scale (default %(default)s)")
     parser.add_argument("--guidance", type=float, default=EvalSettings.guidance, help="classifier-free guidance (default %(default)s)")
     parser.add_argument("--eval-flow-n", type=int, default=EvalSettings.flow_n, help="held-out pairs of the held-out flow loss, 0 skips it (default %(default)s)")
+    parser.add_argument("--refine-strength", type=float, default=EvalSettings.refine_strength,
+                        help="sample each scale after the first from the previous one re-noised to this strength; 1 paints every scale from noise (default %(default)s)")
 
 
 def eval_settings(args: argparse.Namespace, n_edits: int) -> EvalSettings:
-    return EvalSettings(n=args.eval_n, n_edits=n_edits, steps=args.eval_steps, guidance=args.guidance, flow_n=args.eval_flow_n)
+    return EvalSettings(n=args.eval_n, n_edits=n_edits, steps=args.eval_steps, guidance=args.guidance, refine_strength=args.refine_strength, flow_n=args.eval_flow_n)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
