@@ -9,6 +9,9 @@ same steps per scale, same guidance, same final resolution:
     own resolution (Eq. 5, Fig. 2), every scale decoded. Each round uses a new seed, so this is also the
     re-sample of item 4.
 (c) ``ming``: mode="ming", every scale at the full resolution (Ming-Lite-Uni's inference).
+(b_r) ``cascade_refined``: the cascade as the bundled demo is sampled (``BUNDLED_DEMO_SAMPLING``): each scale
+    after the first starts from the previous one re-noised to strength 0.2, so it runs a fifth of its steps.
+    Not an equal-steps comparison: it is what an artist's image costs at the demo's best quality.
 
 Item 4 adds ``encode`` (``pipeline.encode``: MLLM + connector, both guidance branches) and, after the
 rounds, one re-sample with a new guidance value. A full run is ``pipeline.generate``, which is exactly
@@ -27,6 +30,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
+from hieraquery_core.checkpoint import BUNDLED_DEMO_SAMPLING
 from hieraquery_core.connector import ScaleCondition
 from hieraquery_core.model import HieraQuery
 from hieraquery_core.pipeline import HieraQueryPipeline, SamplingOptions
@@ -107,6 +111,7 @@ def measure(model: HieraQuery, steps: int, repeats: int) -> dict[str, object]:
     sizes = model.scale_sizes()
     cascade = SamplingOptions(steps=steps, guidance=GUIDANCE, mode="cascade")
     ming = replace(cascade, mode="ming")
+    refined = replace(cascade, refine_strength=BUNDLED_DEMO_SAMPLING["refine_strength"])
     baseline = ScaleCondition.cat([encoded.uncond[-1], encoded.cond[-1]])
     counter = CallCounter(model.mllm)
     mllm_calls: dict[str, list[int]] = {}
@@ -131,6 +136,7 @@ def measure(model: HieraQuery, steps: int, repeats: int) -> dict[str, object]:
         "single_scale_cached": lambda r: single_scale_loop(pipeline, baseline, sizes[-1], 1 if r == WARMUP else steps, GUIDANCE, seed=r, cached=True),
         "cascade": watched("cascade", lambda r: pipeline.sample(encoded, seed=r, options=options(r, cascade))),
         "ming": lambda r: pipeline.sample(encoded, seed=r, options=options(r, ming)),
+        "cascade_refined": lambda r: pipeline.sample(encoded, seed=r, options=options(r, refined)),
         "encode": watched("encode", lambda r: pipeline.encode(PROMPT)),
     }
     candidates = {name: counter.counting(fn, mllm_calls.setdefault(name, [])) for name, fn in candidates.items()}
@@ -157,7 +163,8 @@ def measure(model: HieraQuery, steps: int, repeats: int) -> dict[str, object]:
         "wall_seconds": {name: t.wall_median for name, t in times.items()},
         "spread": {name: t.spread for name, t in times.items()},
         "ratios": {"cascade_over_single": medians["cascade"] / medians["single_scale"], "ming_over_cascade": medians["ming"] / medians["cascade"],
-                   "cascade_over_single_cached": medians["cascade"] / medians["single_scale_cached"]},
+                   "cascade_over_single_cached": medians["cascade"] / medians["single_scale_cached"],
+                   "refined_over_single": medians["cascade_refined"] / medians["single_scale"]},
         "flops": flops,
         "breakdown": breakdown,
         "resample": {
@@ -167,6 +174,6 @@ def measure(model: HieraQuery, steps: int, repeats: int) -> dict[str, object]:
             "resample_guidance_seconds": guidance_seconds,
             "speedup": full / medians["cascade"],
             "mllm_calls_per_encode": max(mllm_calls["encode"]),
-            "mllm_calls_per_resample": max(mllm_calls["cascade"] + mllm_calls["ming"] + new_guidance),
+            "mllm_calls_per_resample": max(mllm_calls["cascade"] + mllm_calls["ming"] + mllm_calls["cascade_refined"] + new_guidance),
         },
     }

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .checkpoint import bundled_demo, load_checkpoint
+from .checkpoint import BUNDLED_DEMO_SAMPLING, bundled_demo, load_checkpoint
 from .errors import HieraQueryError, require
 from .images import as_pixels, to_pil
 from .model import HieraQuery
@@ -142,9 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     desc = sub.add_parser("describe", parents=[common], help="ask the MLLM about an image")
     desc.add_argument("--image", required=True)
     desc.add_argument("--question", default="describe the image")
-    # the bundled demo's tuned sampling (docs/demo-and-ablations.md section 3): 16 steps, guidance 3, and each
-    # scale after the first refined from the previous one at strength 0.2 (held-out GenEval 0.43 against 0.26)
-    demo = sub.add_parser("demo", parents=[common, sampling_flags(steps="16", guidance=3.0, refine_strength=0.2)], help="generate, edit the result, describe it")
+    tuned = BUNDLED_DEMO_SAMPLING
+    demo_sampling = sampling_flags(steps=str(tuned["steps"]), guidance=tuned["guidance"], refine_strength=tuned["refine_strength"])
+    demo = sub.add_parser("demo", parents=[common, demo_sampling], help="generate, edit the result, describe it (sampled as the bundled demo was tuned)")
     demo.add_argument("--prompt", default="a red circle to the left of a blue square")
     demo.add_argument("--instruction", default="make the red circle green")
     demo.add_argument("--question", default="describe the image")

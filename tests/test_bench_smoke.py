@@ -18,7 +18,7 @@ from bench.configs import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # as the benchmark runs: two threads on a shared machine wait on each other
 
-MODES = {"single_scale", "single_scale_cached", "cascade", "ming", "encode"}
+MODES = {"single_scale", "single_scale_cached", "cascade", "ming", "cascade_refined", "encode"}
 VARIANTS = {"plain", "alignment", "checkpointing"}
 
 
