@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from hieraquery_core.backbones import build_mllm
-from hieraquery_core.checkpoint import bundled_demo, load_checkpoint
+from hieraquery_core.checkpoint import bundled_demo, load_checkpoint, save_checkpoint
 from hieraquery_core.config import BackboneSpec, HieraQueryConfig
 from hieraquery_core.errors import HieraQueryError
 from hieraquery_core.model import HieraQuery
@@ -15,7 +17,7 @@ from hieraquery_core.pipeline import HieraQueryPipeline, SamplingOptions
 from hieraquery_core.shapesworld import heldout_prompts
 from hieraquery_core.tiny import tiny_config
 from train.ablations import VARIANTS, variant_config
-from train.evaluate import (EvalSettings, evaluate_ground_truth, evaluate_model, heldout_edits, heldout_flow_loss, score_generations,
+from train.evaluate import (EvalSettings, evaluate_ground_truth, evaluate_model, heldout_edits, heldout_flow_loss, main, score_generations,
                             tune_setting)
 from train.make_demo import CONFIG, demo_config
 from train.shapesworld_mllm import ASSET_DIR
@@ -134,3 +136,16 @@ def test_every_shipped_demo_config_builds_a_model_that_paints_every_scale(config
     out = HieraQueryPipeline(model).generate(["a red circle"], seed=0, options=SamplingOptions(steps=1))
     assert [tuple(img.shape[-2:]) for img in out.images] == [(16, 16), (32, 32), (64, 64)]
     assert model.mllm.supports_images and not any(p.requires_grad for p in model.mllm.parameters())
+
+
+def test_the_command_tunes_guidance_then_refinement_on_validation_prompts_and_reports_both(tmp_path):
+    torch.manual_seed(0)
+    folder = save_checkpoint(HieraQuery.from_config(tiny_config(image_size=64)).eval(), tmp_path / "tiny")
+    main(["--checkpoint", str(folder), "--n", "6", "--n-edits", "0", "--steps", "2", "--flow-n", "0", "--batch", "6",
+          "--tune-guidance", "1,4", "--tune-refine-strength", "1,0.5", "--tune-n", "6", "--out", str(tmp_path / "report.json")])
+    report = json.loads((tmp_path / "report.json").read_text())
+    guidance, refine = report["guidance_tuning_on_validation_prompts"], report["refine_strength_tuning_on_validation_prompts"]
+    assert set(guidance) == {"1.0", "4.0"} and set(refine) == {"1.0", "0.5"}
+    chosen = report["settings"]
+    assert str(chosen["guidance"]) == max(guidance, key=lambda v: guidance[v]["overall"])  # the best is used (the first on a tie)
+    assert str(chosen["refine_strength"]) == max(refine, key=lambda v: refine[v]["overall"])
