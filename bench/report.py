@@ -85,8 +85,8 @@ def render(results: dict) -> str:
                      wall["cascade"] / wall["single_scale"], wall["ming"] / wall["cascade"]])
     parts.append(table(["size", "final px", "(a) s", "(a') s", "(b) s", "(c) s", "(b_r) s", "b/a", "b/a'", "c/b", "b_r/a", "b/a DiT FLOPs", "c/b DiT FLOPs", "b/a wall", "c/b wall"], rows))
     parts.append("\n(a') is (a) inside the same caption-path cache as the pipeline (computed once, not at every step). (b_r) is the cascade sampled "
-                 f"as the bundled demo is (refine strength {BUNDLED_DEMO_SAMPLING['refine_strength']}: the finer scales start from the previous one and run a fifth of "
-                 "their steps), not an equal-steps comparison: on the demo it is also the better image (held-out GenEval 0.43 against 0.26 for (b), "
+                 f"as the bundled demo is (refine strength {BUNDLED_DEMO_SAMPLING['refine_strength']}: the finer scales start from the previous one and run "
+                 "round(0.2 x steps), at least 1, of their steps: 1 of 4 here), not an equal-steps comparison: on the demo it is also the better image (held-out GenEval 0.43 against 0.26 for (b), "
                  "whose final scale is painted from noise exactly as (a) paints it).")
     parts += ["", "### 2. Where the time of one image goes (the median encode run + the median cascade run)", ""]
     for size, r in results["sizes"].items():

@@ -10,7 +10,7 @@ same steps per scale, same guidance, same final resolution:
     re-sample of item 4.
 (c) ``ming``: mode="ming", every scale at the full resolution (Ming-Lite-Uni's inference).
 (b_r) ``cascade_refined``: the cascade as the bundled demo is sampled (``BUNDLED_DEMO_SAMPLING``): each scale
-    after the first starts from the previous one re-noised to strength 0.2, so it runs a fifth of its steps.
+    after the first starts from the previous one re-noised to strength 0.2, so it runs round(0.2 x steps) of its steps (at least 1).
     Not an equal-steps comparison: it is what an artist's image costs at the demo's best quality.
 
 Item 4 adds ``encode`` (``pipeline.encode``: MLLM + connector, both guidance branches) and, after the
