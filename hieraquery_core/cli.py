@@ -79,10 +79,9 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
 
 
 def progress(pipeline: HieraQueryPipeline, options: SamplingOptions, desc: str):
-    """A tqdm bar over every denoising step of every scale, and the step callback that feeds it."""
+    """A tqdm bar over every denoising step of every scale (a refined scale runs fewer), and the step callback that feeds it."""
     scales = len(pipeline.model.config.scales)
-    total = sum(options.steps_for(k, scales) for k in range(scales))
-    bar = tqdm(total=total, desc=desc, unit="step")
+    bar = tqdm(total=sum(options.steps_run(k, scales) for k in range(scales)), desc=desc, unit="step")
 
     def callback(k: int, step: int, steps: int, _latents: torch.Tensor) -> None:
         bar.set_postfix(scale=k)

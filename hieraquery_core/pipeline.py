@@ -89,6 +89,16 @@ class SamplingOptions:
         require(len(self.steps) == num_scales, f"steps has {len(self.steps)} entries but the model has {num_scales} scales; give one count or one per scale")
         return int(self.steps[k])
 
+    def steps_run(self, k: int, num_scales: int) -> int:
+        """The denoising steps scale k really runs in :meth:`HieraQueryPipeline.sample` (fewer when it is refined)."""
+        steps = self.steps_for(k, num_scales)
+        return steps if k == 0 or self.mode != "cascade" else refined_steps(steps, self.refine_strength)
+
+
+def refined_steps(steps: int, strength: float) -> int:
+    """How many of ``steps`` a scale runs when it starts from an image re-noised to ``strength`` (at least one)."""
+    return steps if strength >= 1.0 else max(1, round(steps * strength))
+
 
 @dataclass
 class PipelineOutput:
@@ -202,7 +212,7 @@ class HieraQueryPipeline:
         timesteps = scheduler.timesteps
         latents = noise
         if init is not None and strength < 1.0:
-            start = steps - max(1, round(steps * strength))
+            start = steps - refined_steps(steps, strength)
             timesteps = timesteps[start:]
             scheduler.set_begin_index(start)
             init = as_pixels(init).to(model.device)

@@ -67,8 +67,11 @@ def test_refinement_strength_controls_how_much_of_the_previous_scale_survives(pi
     free = pipe.sample_scale(encoded, 1, (16, 16), seed=0, steps=10, init=init, strength=1.0)
     target = torch.nn.functional.interpolate(init, size=(16, 16))
     assert (weak - target).abs().mean() < 0.5 * (free - target).abs().mean()
-    cascade = pipe.sample(encoded, seed=0, options=SamplingOptions(steps=4, refine_strength=0.5))
+    options = SamplingOptions(steps=[4, 4, 5], refine_strength=0.3)
+    ran = [0, 0, 0]
+    cascade = pipe.sample(encoded, seed=0, options=options, callback=lambda k, *_: ran.__setitem__(k, ran[k] + 1))
     assert [tuple(i.shape[-2:]) for i in cascade.images] == [(8, 8), (16, 16), (32, 32)]
+    assert ran == [options.steps_run(k, 3) for k in range(3)] == [4, 1, 2]  # the finer scales run round(0.3 x steps), at least 1
 
 
 def test_ming_mode_paints_every_scale_at_full_resolution(pipe):
