@@ -128,9 +128,15 @@ def generate(
     """Generate: text to image, every scale coarse to fine; returns one IMAGE per scale (the last is the result)."""
     options = SamplingOptions(steps=steps, guidance=guidance, refine_strength=refine_strength, height=height or None, width=width or None, images_per_prompt=batch_size)
     with model.active() as pipe:
-        out = pipe.generate(prompt, seed, options, callback=ProgressTracker(pipe, [steps] * len(pipe.model.config.scales), progress))
+        out = pipe.generate(prompt, seed, options, callback=ProgressTracker(pipe, planned_steps(pipe, options), progress))
     device = model.residency.output_device
     return [to_channels_last(images).to(device) for images in out.images]
+
+
+def planned_steps(pipe: HieraQueryPipeline, options: SamplingOptions) -> list[int]:
+    """The steps every scale of a cascade will run (a refined scale runs fewer), for the node's progress bar."""
+    scales = len(pipe.model.config.scales)
+    return [options.steps_run(k, scales) for k in range(scales)]
 
 
 def edit(
@@ -149,7 +155,7 @@ def edit(
     pixels = as_pixels(image)
     options = SamplingOptions(steps=steps, guidance=guidance, image_guidance=image_guidance, refine_strength=refine_strength)
     with model.active() as pipe:
-        out = pipe.edit(pixels, instruction, seed, options, callback=ProgressTracker(pipe, [steps] * len(pipe.model.config.scales), progress))
+        out = pipe.edit(pixels, instruction, seed, options, callback=ProgressTracker(pipe, planned_steps(pipe, options), progress))
     device = model.residency.output_device
     return [to_channels_last(images).to(device) for images in out.images]
 
