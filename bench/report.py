@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from hieraquery_core.checkpoint import BUNDLED_DEMO_SAMPLING
+from hieraquery_core.pipeline import refined_steps
 
 TARGETS = {
     "cascade_over_single": ("b/a (cascade / single-scale)", "<=", 1.4),
@@ -84,10 +85,11 @@ def render(results: dict) -> str:
                      ratios["cascade_over_single_cached"], ratios["ming_over_cascade"], ratios["refined_over_single"], fl["cascade_over_single"], fl["ming_over_cascade"],
                      wall["cascade"] / wall["single_scale"], wall["ming"] / wall["cascade"]])
     parts.append(table(["size", "final px", "(a) s", "(a') s", "(b) s", "(c) s", "(b_r) s", "b/a", "b/a'", "c/b", "b_r/a", "b/a DiT FLOPs", "c/b DiT FLOPs", "b/a wall", "c/b wall"], rows))
+    strength = BUNDLED_DEMO_SAMPLING["refine_strength"]
     parts.append("\n(a') is (a) inside the same caption-path cache as the pipeline (computed once, not at every step). (b_r) is the cascade sampled "
-                 f"as the bundled demo is (refine strength {BUNDLED_DEMO_SAMPLING['refine_strength']}: the finer scales start from the previous one and run "
-                 "round(0.2 x steps), at least 1, of their steps: 1 of 4 here), not an equal-steps comparison: on the demo it is also the better image (held-out GenEval 0.43 against 0.26 for (b), "
-                 "whose final scale is painted from noise exactly as (a) paints it).")
+                 f"as the bundled demo is (refine strength {strength}: the finer scales start from the previous one and run "
+                 f"round({strength} x steps), at least 1, of their steps: {refined_steps(s['steps'], strength)} of {s['steps']} here), not an equal-steps comparison: "
+                 "on the demo it is also the better image (held-out GenEval 0.43 against 0.26 for (b), whose final scale is painted from noise exactly as (a) paints it).")
     parts += ["", "### 2. Where the time of one image goes (the median encode run + the median cascade run)", ""]
     for size, r in results["sizes"].items():
         rows = [[name, v["seconds"], v["percent"], v.get("gflops", "")] for name, v in r["sampling"]["breakdown"].items()]

@@ -80,8 +80,7 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
 
 def progress(pipeline: HieraQueryPipeline, options: SamplingOptions, desc: str):
     """A tqdm bar over every denoising step of every scale (a refined scale runs fewer), and the step callback that feeds it."""
-    scales = len(pipeline.model.config.scales)
-    bar = tqdm(total=sum(options.steps_run(k, scales) for k in range(scales)), desc=desc, unit="step")
+    bar = tqdm(total=sum(options.steps_plan(len(pipeline.model.config.scales))), desc=desc, unit="step")
 
     def callback(k: int, step: int, steps: int, _latents: torch.Tensor) -> None:
         bar.set_postfix(scale=k)

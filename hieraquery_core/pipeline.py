@@ -94,6 +94,10 @@ class SamplingOptions:
         steps = self.steps_for(k, num_scales)
         return steps if k == 0 or self.mode != "cascade" else refined_steps(steps, self.refine_strength)
 
+    def steps_plan(self, num_scales: int) -> list[int]:
+        """:meth:`steps_run` of every scale, coarse to fine (what a progress bar over a whole cascade counts)."""
+        return [self.steps_run(k, num_scales) for k in range(num_scales)]
+
 
 def refined_steps(steps: int, strength: float) -> int:
     """How many of ``steps`` a scale runs when it starts from an image re-noised to ``strength`` (at least one)."""

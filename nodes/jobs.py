@@ -20,7 +20,7 @@ from ..hieraquery_core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpo
 from ..hieraquery_core.errors import require
 from ..hieraquery_core.images import as_pixels, to_channels_last
 from ..hieraquery_core.model import HieraQuery
-from ..hieraquery_core.pipeline import HieraQueryPipeline, SamplingOptions
+from ..hieraquery_core.pipeline import HieraQueryPipeline, SamplingOptions, refined_steps
 from .checkpoints import resolve_checkpoint
 from .runtime import ConditionsValue, LoadedModel, ProgressSink, ProgressTracker, QueryStatesValue, Residency, StaysPut, ignore_progress
 
@@ -106,7 +106,7 @@ def sample_scale(
         latents = pipe.sample_scale_latents(
             conditions.encoded, scale, size, seed, steps=steps, guidance=guidance, image_guidance=image_guidance,
             init=init, strength=refine_strength, images_per_prompt=batch_size,
-            callback=ProgressTracker(pipe, [steps], progress),
+            callback=ProgressTracker(pipe, [steps if init is None else refined_steps(steps, refine_strength)], progress),
         )
         pixels = pipe.decode(latents)
     device = model.residency.output_device
@@ -128,15 +128,9 @@ def generate(
     """Generate: text to image, every scale coarse to fine; returns one IMAGE per scale (the last is the result)."""
     options = SamplingOptions(steps=steps, guidance=guidance, refine_strength=refine_strength, height=height or None, width=width or None, images_per_prompt=batch_size)
     with model.active() as pipe:
-        out = pipe.generate(prompt, seed, options, callback=ProgressTracker(pipe, planned_steps(pipe, options), progress))
+        out = pipe.generate(prompt, seed, options, callback=ProgressTracker(pipe, options.steps_plan(len(pipe.model.config.scales)), progress))
     device = model.residency.output_device
     return [to_channels_last(images).to(device) for images in out.images]
-
-
-def planned_steps(pipe: HieraQueryPipeline, options: SamplingOptions) -> list[int]:
-    """The steps every scale of a cascade will run (a refined scale runs fewer), for the node's progress bar."""
-    scales = len(pipe.model.config.scales)
-    return [options.steps_run(k, scales) for k in range(scales)]
 
 
 def edit(
@@ -155,7 +149,7 @@ def edit(
     pixels = as_pixels(image)
     options = SamplingOptions(steps=steps, guidance=guidance, image_guidance=image_guidance, refine_strength=refine_strength)
     with model.active() as pipe:
-        out = pipe.edit(pixels, instruction, seed, options, callback=ProgressTracker(pipe, planned_steps(pipe, options), progress))
+        out = pipe.edit(pixels, instruction, seed, options, callback=ProgressTracker(pipe, options.steps_plan(len(pipe.model.config.scales)), progress))
     device = model.residency.output_device
     return [to_channels_last(images).to(device) for images in out.images]
 
