@@ -474,3 +474,25 @@ def test_text_questions_are_settled_by_their_text():
         else:
             assert answer_question(scene_for_prompt(text, rng), question) == answer, (text, question)
     assert kinds == {"count", "color", "left_of"}
+
+
+def test_grounding_questions_answer_with_the_box_of_the_one_object_they_name():
+    """The project's grounding question ("where is the {color} {shape}") is answered with that object's
+    half-open box in pixels, is only asked of an object named uniquely, and parses back; its words are
+    :data:`GROUNDING_WORDS`; a box answer agrees with the truth within the edit tolerance (same_place)."""
+    from hieraquery_core.shapesworld.evaluate import same_place
+    from hieraquery_core.shapesworld.understanding import GROUNDING_WORDS, answer_question, parse_box, sample_question
+
+    rng = np.random.default_rng(9)
+    for _ in range(100):
+        scene, question, answer = sample_question(rng, kind="where")
+        q = sw.parse_question(question)
+        named = [o for o in scene.objects if (o.color, o.shape) == (q.color, q.shape)]
+        assert q.kind == "where" and len(named) == 1 and parse_box(answer) == named[0].box
+        assert set(question.split() + answer.split()) <= set(GROUNDING_WORDS) | {"is", "the", q.color, q.shape}
+    twins = sw.Scene((obj("red", "circle", 2, 2), obj("red", "circle", 40, 40)))
+    with pytest.raises(ValueError, match="exactly one red circle"):
+        answer_question(twins, "where is the red circle")
+    assert parse_box("a red circle") is None and parse_box("1 2 3") is None
+    assert same_place((10, 10, 26, 26), (12, 8, 28, 24)) and not same_place((10, 10, 26, 26), (13, 10, 29, 26))
+    assert not same_place((10, 10, 26, 26), (10, 10, 29, 26))  # a side 3 px longer

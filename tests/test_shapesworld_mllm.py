@@ -10,8 +10,10 @@ import torch
 
 from hieraquery_core.backbones import build_mllm
 from hieraquery_core.config import BackboneSpec
-from hieraquery_core.shapesworld import edit_triplets, is_held_out
-from train.shapesworld_mllm import ASSET_DIR, REPEAT, TEXT_SEPARATOR, answer_loss, evaluate_mllm, main, pixels_of, pretrain, sample_examples, save_mllm, shapesworld_mllm_spec
+from hieraquery_core.shapesworld import edit_triplets, is_held_out, random_scene
+from hieraquery_core.shapesworld.understanding import GROUNDING_WORDS
+from train.shapesworld_mllm import (ASSET_DIR, REPEAT, TEXT_SEPARATOR, answer_loss, evaluate_mllm, extend_vocabulary, main, pixels_of, pretrain,
+                                    sample_examples, save_mllm, shapesworld_mllm_spec)
 
 
 def small_mllm(seed: int = 0):
@@ -111,6 +113,36 @@ def test_evaluation_reports_text_questions_and_describe_answers_without_an_image
     assert 0.0 <= scores["text_question_accuracy"] <= 1.0
     reply = mllm.describe(None, ["a red circle . what color is the circle"], max_new_tokens=2)
     assert len(reply) == 1 and isinstance(reply[0], str)
+
+
+def test_vision_only_grounding_pretraining_keeps_every_text_condition_exact(tmp_path):
+    """``--train vision --grounding-fraction``: the vocabulary gains the grounding words with every old token's id
+    kept; only the vision tower and the new words' rows learn, so a text-only prompt's hidden states (the
+    text-to-image conditions of Eq. 4) are bit-identical afterwards while the image features change; the
+    saved folder reloads with the grown vocabulary and the evaluation scores the grounding answers."""
+    mllm = small_mllm()
+    old_vocab = mllm.tokenizer.get_vocab()
+    prompt = mllm.tokenize(["a red circle and a blue square , outline style"])
+    pixels = pixels_of([random_scene(np.random.default_rng(6))])
+    with torch.no_grad():
+        text_before = mllm.model.model(**prompt).last_hidden_state.clone()
+    vision_before = mllm.vision_features(pixels).clone()
+    language = {n: p.detach().clone() for n, p in mllm.model.named_parameters() if "visual" not in n and "embed" not in n and "lm_head" not in n}
+    losses = pretrain(mllm, steps=3, batch=4, log_every=0, grounding_fraction=0.5, vision_only=True, lr=1e-2)
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    vocab = mllm.tokenizer.get_vocab()
+    assert all(vocab[w] == i for w, i in old_vocab.items()) and set(GROUNDING_WORDS) <= vocab.keys()
+    assert mllm.model.get_input_embeddings().weight.shape[0] == len(vocab) == mllm.model.get_output_embeddings().weight.shape[0]
+    with torch.no_grad():
+        assert torch.equal(mllm.model.model(**prompt).last_hidden_state, text_before)
+    assert all(torch.equal(p, language[n]) for n, p in mllm.model.named_parameters() if n in language)
+    assert not torch.allclose(mllm.vision_features(pixels), vision_before)
+    assert extend_vocabulary(mllm, GROUNDING_WORDS) == []  # already there: nothing added twice
+    save_mllm(mllm, tmp_path / "mllm")
+    loaded = build_mllm(BackboneSpec("qwen2_5_vl", path=str(tmp_path / "mllm")))
+    assert loaded.tokenizer.get_vocab() == vocab
+    scores = evaluate_mllm(loaded, n=4, batch=4)
+    assert 0.0 <= scores["grounding_within_2px"] <= 1.0 and "where" not in scores
 
 
 def test_the_cli_builds_a_finer_vision_grid_with_a_smaller_patch(tmp_path):

@@ -20,18 +20,23 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from hieraquery_core.backbones import build_mllm
 from hieraquery_core.checkpoint import replace_directory
 from hieraquery_core.config import BackboneSpec
+from hieraquery_core.errors import HieraQueryError
 from hieraquery_core.mllm import FrozenMLLM, ImageList
 from hieraquery_core.shapesworld import render, sample_caption, sample_question, sample_text_question, sample_training_text
-from hieraquery_core.shapesworld.understanding import parse_question
+from hieraquery_core.shapesworld.evaluate import same_place
+from hieraquery_core.shapesworld.understanding import GROUNDING_WORDS, parse_box, parse_question
 from hieraquery_core.tiny import TINY_VOCABULARY
+from hieraquery_core.word_tokenizer import SPECIAL_TOKENS, build_word_tokenizer
 from train.backbone_pretraining import pretrain_loop
 
 DESCRIBE = "describe the image"
@@ -63,9 +68,11 @@ def pixels_of(scenes) -> torch.Tensor:
 
 
 def sample_examples(rng: np.random.Generator, n: int, caption_fraction: float = 0.4, text_fraction: float = 0.0,
-                    repeat_fraction: float = 0.0) -> tuple[list[list[torch.Tensor]], list[str], list[str]]:
+                    repeat_fraction: float = 0.0, grounding_fraction: float = 0.0) -> tuple[list[list[torch.Tensor]], list[str], list[str]]:
     """``n`` (images, question, answer) examples, ``images`` a list of one rendered scene or empty.
 
+    A ``grounding_fraction`` of them are grounding questions ("where is the red circle" -> "10 21 31 42",
+    ``hieraquery_core.shapesworld.understanding``).
     A ``text_fraction`` of them have no image: ``repeat_fraction`` of those ask for the text back
     ("{text} . describe it" -> the text, a training prompt or caption, :func:`sample_training_text`), the others
     are questions the text settles (``sample_text_question``: "{text} . {question}"). Of the rest,
@@ -73,6 +80,10 @@ def sample_examples(rng: np.random.Generator, n: int, caption_fraction: float = 
     """
     images, questions, answers = [], [], []
     for _ in range(n):
+        if grounding_fraction and rng.random() < grounding_fraction:  # no draw at 0, as for the text examples
+            scene, question, answer = sample_question(rng, kind="where")
+            images.append([pixels_of([scene])[0]]), questions.append(question), answers.append(answer)
+            continue
         if text_fraction and rng.random() < text_fraction:  # no draw at 0: the image-only stream stays as it was
             if repeat_fraction and rng.random() < repeat_fraction:
                 _, text, _ = sample_training_text(rng)
@@ -113,8 +124,10 @@ def answer_loss(mllm: FrozenMLLM, images: ImageList, questions: list[str], answe
 
 @torch.no_grad()
 def evaluate_mllm(mllm: FrozenMLLM, n: int = 300, seed: int = EVAL_SEED, batch: int = 50) -> dict[str, float]:
-    """Caption exact match and question accuracy (overall and per kind) on scenes never trained on, and the
-    accuracy of questions about a text with no image (``text_question_accuracy``, on ``n`` more examples)."""
+    """Caption exact match and question accuracy (overall and per kind) on scenes never trained on, the
+    accuracy of questions about a text with no image (``text_question_accuracy``, on ``n`` more examples), and
+    the share of grounding answers whose box is within the edit tolerance of the truth (``grounding_within_2px``,
+    ``n`` more scenes; 0 for an MLLM without the grounding words)."""
     rng = np.random.default_rng([seed, 7])
     correct: dict[str, list[bool]] = defaultdict(list)
     for start in range(0, n, batch):
@@ -123,38 +136,88 @@ def evaluate_mllm(mllm: FrozenMLLM, n: int = 300, seed: int = EVAL_SEED, batch: 
         for q, a, r in zip(questions, answers, replies):
             kind = "caption" if q == DESCRIBE else parse_question(q).kind
             correct[kind].append(detokenize(r) == a)
+    where_rng = np.random.default_rng([seed, 9])
+    for start in range(0, n, batch):
+        images, questions, answers = sample_examples(where_rng, min(batch, n - start), grounding_fraction=1.0)
+        replies = mllm.describe(torch.stack([i[0] for i in images]), questions, max_new_tokens=6)
+        for a, r in zip(answers, replies):
+            box = parse_box(r)
+            correct["where"].append(box is not None and same_place(box, parse_box(a)))
     text_rng = np.random.default_rng([seed, 8])
     for start in range(0, n, batch):
         _, questions, answers = sample_examples(text_rng, min(batch, n - start), text_fraction=1.0)
         correct["text"] += [r == a for r, a in zip(mllm.describe(None, questions, max_new_tokens=4), answers)]
     result = {k: float(np.mean(v)) for k, v in sorted(correct.items())}
-    question_hits = [x for k, v in correct.items() if k not in ("caption", "text") for x in v]
+    question_hits = [x for k, v in correct.items() if k not in ("caption", "text", "where") for x in v]
     result["question_accuracy"] = float(np.mean(question_hits))
     result["caption_exact_match"] = result.pop("caption")
     result["text_question_accuracy"] = result.pop("text")
+    result["grounding_within_2px"] = result.pop("where")
     result["n"] = n
     return result
 
 
+def extend_vocabulary(mllm: FrozenMLLM, words: Sequence[str]) -> list[int]:
+    """Append the ``words`` its word tokenizer lacks to a ShapesWorld MLLM's vocabulary, every existing token keeping
+    its id, and grow the input embeddings and the output head to match (new rows: transformers' mean-resizing);
+    returns the new tokens' ids (none when nothing was missing)."""
+    vocab = mllm.tokenizer.get_vocab()
+    new = [w for w in dict.fromkeys(words) if w not in vocab]
+    if not new:
+        return []
+    old = sorted(vocab, key=vocab.get)
+    tokenizer = build_word_tokenizer([w for w in old if w not in SPECIAL_TOKENS] + new)
+    if any(tokenizer.convert_tokens_to_ids(w) != i for w, i in vocab.items()):
+        raise HieraQueryError("this MLLM's tokenizer is not a ShapesWorld word tokenizer (special tokens first, then words); its vocabulary cannot be extended in place")
+    mllm.processor.tokenizer = mllm.tokenizer = tokenizer
+    mllm.model.resize_token_embeddings(len(tokenizer))
+    return [tokenizer.convert_tokens_to_ids(w) for w in new]
+
+
+def vision_side_parameters(mllm: FrozenMLLM, new_ids: Sequence[int]) -> list[nn.Parameter]:
+    """What ``--train vision`` updates: the vision tower with its merger, and the rows of the input embeddings and
+    the output head that belong to ``new_ids`` (a gradient hook zeroes the other rows). The language model is
+    untouched, so a text-only prompt's hidden states, and with them every text-to-image condition (Eq. 4), stay
+    exactly as they were: a checkpoint trained on the old MLLM keeps its text-to-image behaviour."""
+    rows = torch.zeros(mllm.model.get_input_embeddings().weight.shape[0], 1)
+    rows[list(new_ids)] = 1.0
+    tables = [mllm.model.get_input_embeddings().weight, mllm.model.get_output_embeddings().weight]
+    if not new_ids:
+        return list(mllm.model.model.visual.parameters())
+    for table in tables:
+        table.requires_grad_(True)
+        table.register_hook(lambda grad: grad * rows.to(grad))
+    return [*mllm.model.model.visual.parameters(), *tables]
+
+
 def pretrain(mllm: FrozenMLLM, steps: int, batch: int = 32, lr: float = 2e-3, seed: int = TRAIN_SEED, log_every: int = 50,
-             checkpoint_every: int = 0, out: Path | None = None, text_fraction: float = 0.0, repeat_fraction: float = 0.0, freeze_embeddings: bool = False) -> list[float]:
+             checkpoint_every: int = 0, out: Path | None = None, text_fraction: float = 0.0, repeat_fraction: float = 0.0, freeze_embeddings: bool = False,
+             grounding_fraction: float = 0.0, vision_only: bool = False) -> list[float]:
     """AdamW with warm-up and cosine decay on freshly sampled ShapesWorld examples (a ``text_fraction`` of
-    them about a text with no image, ``repeat_fraction`` of those asking for it back, :func:`sample_examples`);
-    returns the loss curve.
+    them about a text with no image, ``repeat_fraction`` of those asking for it back, a ``grounding_fraction``
+    grounding questions, :func:`sample_examples`); returns the loss curve.
 
     ``freeze_embeddings`` keeps the input word embeddings at their initial values (nearly orthogonal random
     vectors), so the words' identities reach the layers intact however little the pretraining tasks reward
-    telling them apart (docs/demo-and-ablations.md section 1: trained, the three shape words drift together)."""
+    telling them apart (docs/demo-and-ablations.md section 1: trained, the three shape words drift together).
+    With grounding questions the vocabulary first gains :data:`GROUNDING_WORDS` (:func:`extend_vocabulary`).
+    ``vision_only`` trains only :func:`vision_side_parameters`, without weight decay (which would move the frozen
+    rows)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 3])
+    new_ids = extend_vocabulary(mllm, GROUNDING_WORDS) if grounding_fraction else []
     embeddings = mllm.model.get_input_embeddings().weight
-    params = [p for p in mllm.model.parameters() if not (freeze_embeddings and p is embeddings)]
+    if vision_only:
+        params = vision_side_parameters(mllm, new_ids)
+    else:
+        params = [p for p in mllm.model.parameters() if not (freeze_embeddings and p is embeddings)]
     for p in params:
         p.requires_grad_(True)
     mllm.model.train()
 
     def batch_loss(step: int) -> tuple[torch.Tensor, str]:
-        images, questions, answers = sample_examples(rng, batch, text_fraction=text_fraction, repeat_fraction=repeat_fraction)
+        images, questions, answers = sample_examples(rng, batch, text_fraction=text_fraction, repeat_fraction=repeat_fraction,
+                                                     grounding_fraction=grounding_fraction)
         return answer_loss(mllm, images, questions, answers), ""
 
     def checkpoint(done: int) -> None:
@@ -162,7 +225,7 @@ def pretrain(mllm: FrozenMLLM, steps: int, batch: int = 32, lr: float = 2e-3, se
             save_mllm(mllm, out)
             mllm.model.train()
 
-    losses = pretrain_loop(params, steps, lr, batch_loss, weight_decay=0.01, betas=(0.9, 0.98), log_every=log_every, after_step=checkpoint)
+    losses = pretrain_loop(params, steps, lr, batch_loss, weight_decay=0.0 if vision_only else 0.01, betas=(0.9, 0.98), log_every=log_every, after_step=checkpoint)
     for p in params:
         p.requires_grad_(False)
     mllm.model.eval()
@@ -189,6 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text-fraction", type=float, default=0.0, help="share of examples that are questions about a prompt or caption with no image (default %(default)s)")
     parser.add_argument("--repeat-fraction", type=float, default=0.0, help="share of the text-only examples that ask for the text back (\"... . describe it\") (default %(default)s)")
     parser.add_argument("--freeze-embeddings", action="store_true", help="keep the input word embeddings at their initialisation (the words stay apart)")
+    parser.add_argument("--grounding-fraction", type=float, default=0.0, help="share of examples that are grounding questions (\"where is the red circle\" -> its box in pixels); adds their words to the vocabulary (default %(default)s)")
+    parser.add_argument("--train", choices=("all", "vision"), default="all", help="'vision': only the vision tower and the new words' rows; the language model stays as it was, so checkpoints trained on the --resume MLLM keep their text-to-image conditions (default %(default)s)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-n", type=int, default=300)
     parser.add_argument("--out", type=Path, default=ASSET_DIR)
@@ -200,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     spec = BackboneSpec("qwen2_5_vl", path=str(args.resume)) if args.resume else shapesworld_mllm_spec(width=args.width, layers=args.layers, patch=args.patch)
     mllm = build_mllm(spec)
     pretrain(mllm, args.steps, batch=args.batch, lr=args.lr, seed=args.seed, checkpoint_every=500, out=args.out, text_fraction=args.text_fraction,
-             repeat_fraction=args.repeat_fraction, freeze_embeddings=args.freeze_embeddings)
+             repeat_fraction=args.repeat_fraction, freeze_embeddings=args.freeze_embeddings, grounding_fraction=args.grounding_fraction,
+             vision_only=args.train == "vision")
     save_mllm(mllm, args.out)
     scores = evaluate_mllm(mllm, n=args.eval_n)
     (args.out / "understanding_scores.json").write_text(json.dumps(scores, indent=2) + "\n")

@@ -285,11 +285,11 @@ def attribute_accuracy(results: Iterable[tuple[str, np.ndarray]]) -> dict[str, f
 
 # --- edits ---------------------------------------------------------------------------------
 
-def _same_place(a: DetectedObject, box: tuple[int, int, int, int], tol: float) -> bool:
-    bx, by = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
-    return (abs(a.cx - bx) <= tol and abs(a.cy - by) <= tol
-            and abs((a.box[2] - a.box[0]) - (box[2] - box[0])) <= tol
-            and abs((a.box[3] - a.box[1]) - (box[3] - box[1])) <= tol)
+def same_place(a: tuple[int, int, int, int], b: tuple[int, int, int, int], tol: float = EDIT_POSITION_TOLERANCE) -> bool:
+    """Two half-open boxes whose centres and sides differ by at most ``tol`` px along both axes (an object that
+    "stays put", ``EDIT_POSITION_TOLERANCE``)."""
+    return (abs((a[0] + a[2]) - (b[0] + b[2])) / 2.0 <= tol and abs((a[1] + a[3]) - (b[1] + b[3])) / 2.0 <= tol
+            and abs((a[2] - a[0]) - (b[2] - b[0])) <= tol and abs((a[3] - a[1]) - (b[3] - b[1])) <= tol)
 
 
 def edit_correct(source_image: np.ndarray, instruction: str, target_image: np.ndarray,
@@ -329,7 +329,7 @@ def _matches(tgt: Sequence[DetectedObject], expected: Sequence[tuple[str, str, t
     if len(tgt) != len(expected) or any(o.style != style for o in tgt):
         return False
     for perm in itertools.permutations(range(len(tgt))):
-        if all(tgt[p].color == c and tgt[p].shape == s and (box is None or tolerance is None or _same_place(tgt[p], box, tolerance))
+        if all(tgt[p].color == c and tgt[p].shape == s and (box is None or tolerance is None or same_place(tgt[p].box, box, tolerance))
                for (c, s, box), p in zip(expected, perm)):
             return True
     return False

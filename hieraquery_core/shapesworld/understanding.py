@@ -5,6 +5,13 @@ right; questions "how many {shape}s are there", "what color is the {shape}" (uni
 "is the {color} {shape} to the left of the {color} {shape}"; answers a number word, a colour,
 yes/no.
 
+Beyond the spec, a fourth kind teaches the frozen MLLM where things are, as Qwen2.5-VL's own pretraining does
+with grounding: "where is the {color} {shape}" (an object named uniquely by colour and shape) is answered with
+its half-open box "x0 y0 x1 y1" in pixels, each number a word of :data:`GROUNDING_WORDS`. Editing needs the DiT
+to paint every untouched object back within 2 px (``EDIT_POSITION_TOLERANCE``), and everything it knows about
+the input image passes through the MLLM (docs/demo-and-ablations.md section 1). ``sample_question`` draws it
+only when asked for (``kind="where"``), so the spec's question stream is unchanged.
+
 Project decisions (``docs/shapesworld.md``): questions carry no question mark (like prompts, no
 trailing punctuation); count answers are "zero" .. "four" ("zero" included: the sampler asks
 about an absent shape about one time in five; "one", not "a"); the left-of question is only
@@ -25,7 +32,12 @@ from .prompts import caption, is_held_out, sample_pair
 from .scene import Scene, random_scene, relation_holds
 
 __all__ = ["Question", "answer_question", "parse_question", "sample_question", "question_pairs",
-           "sample_caption", "sample_training_text", "sample_text_question", "caption"]
+           "sample_caption", "sample_training_text", "sample_text_question", "caption", "GROUNDING_WORDS", "parse_box"]
+
+GROUNDING_TEMPLATE = "where is the {color} {shape}"
+"""The grounding question (a project extension, module docstring); the answer is the box "x0 y0 x1 y1"."""
+GROUNDING_WORDS: tuple[str, ...] = ("where", *(str(i) for i in range(spec.CANVAS + 1)))
+"""Words the grounding questions add to the world's vocabulary: "where" and the pixel coordinates 0..64."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +51,7 @@ class Question:
     color2: str | None = None
 
     def text(self) -> str:
-        t = spec.QUESTION_TEMPLATES[self.kind]
+        t = GROUNDING_TEMPLATE if self.kind == "where" else spec.QUESTION_TEMPLATES[self.kind]
         return t.format(shape=self.shape, color=self.color, shape2=self.shape2, color2=self.color2)
 
 
@@ -48,6 +60,8 @@ _S = spec.SHAPE_PATTERN
 _COUNT = re.compile(rf"^how many ({_S})s are there\??$")
 _COLOR = re.compile(rf"^what colou?r is the ({_S})\??$")
 _LEFT = re.compile(rf"^is the ({_C}) ({_S}) to the left of the ({_C}) ({_S})\??$")
+_WHERE = re.compile(rf"^where is the ({_C}) ({_S})\??$")
+_BOX = re.compile(r"^(\d+) (\d+) (\d+) (\d+)$")
 
 
 def parse_question(question: str) -> Question:
@@ -62,6 +76,9 @@ def parse_question(question: str) -> Question:
     m = _LEFT.match(q)
     if m:
         return Question("left_of", m.group(2), m.group(1), m.group(4), m.group(3))
+    m = _WHERE.match(q)
+    if m:
+        return Question("where", m.group(2), m.group(1))
     raise ValueError(f"cannot parse question {question!r}")
 
 
@@ -82,6 +99,10 @@ def answer_question(scene: Scene, question: str) -> str:
                              f"{q.shape}s (it must hold exactly one)")
         return hits[0].color
     a = [o for o in objs if o.color == q.color and o.shape == q.shape]
+    if q.kind == "where":
+        if len(a) != 1:
+            raise ValueError(f"question {question!r} has no answer: the image must hold exactly one {q.color} {q.shape}")
+        return " ".join(str(v) for v in a[0].box)
     b = [o for o in objs if o.color == q.color2 and o.shape == q.shape2]
     if len(a) != 1 or len(b) != 1 or a[0] is b[0]:
         raise ValueError(f"question {question!r} has no answer: it must name two different objects, "
@@ -101,6 +122,10 @@ def _sample_one(scene: Scene, kind: str, rng: np.random.Generator) -> Question |
         unique = [s for s in spec.SHAPES if sum(o.shape == s for o in objs) == 1]
         return Question("color", unique[int(rng.integers(len(unique)))]) if unique else None
     names = [o.name for o in objs]
+    if kind == "where":
+        unique = [o for o in objs if names.count(o.name) == 1]
+        o = unique[int(rng.integers(len(unique)))] if unique else None
+        return Question("where", o.shape, o.color) if o else None
     pairs = [(a, b) for a in objs for b in objs if a is not b
              and names.count(a.name) == 1 and names.count(b.name) == 1
              and abs(a.cx - b.cx) >= spec.RELATION_THRESHOLD]
@@ -125,6 +150,12 @@ def sample_question(rng: np.random.Generator, scene: Scene | None = None,
             continue
         return sc, q.text(), answer_question(sc, q.text())
     raise RuntimeError("could not sample a question")  # pragma: no cover
+
+
+def parse_box(answer: str) -> tuple[int, int, int, int] | None:
+    """The box of a grounding answer "x0 y0 x1 y1", or None when the text is not four numbers."""
+    m = _BOX.match(answer.strip())
+    return tuple(int(v) for v in m.groups()) if m else None  # type: ignore[return-value]
 
 
 def question_pairs(rng: np.random.Generator) -> Iterator[tuple[Scene, str, str]]:
