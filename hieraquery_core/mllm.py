@@ -108,19 +108,20 @@ class FrozenMLLM(nn.Module):
             out = self.model.model(input_ids=full_ids, inputs_embeds=embeds, attention_mask=full_mask, use_cache=False, **inputs)
         return out.last_hidden_state[:, -length:]
 
-    @torch.no_grad()
-    def vision_features(self, images: torch.Tensor) -> torch.Tensor:
+    def vision_features(self, images: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
         """The vision encoder's (merged) patch features of a batch [B, 3, H, W] in [0, 1]: [B, h, w, D].
 
         These are the alignment targets of section 3.2; their grid (h, w) is the encoder's token grid,
-        interpolated to each DiT scale by :mod:`hieraquery_core.alignment`.
+        interpolated to each DiT scale by :mod:`hieraquery_core.alignment`. Computed without gradients unless
+        ``grad`` (the one-off pretraining of a ShapesWorld MLLM's vision tower, ``train.shapesworld_mllm``).
         """
         if not self.supports_images:
             raise HieraQueryError("representation alignment needs the MLLM's vision encoder, and this MLLM is text-only; set alignment.weight to 0 or use a Qwen2.5-VL backbone")
-        proc = self.processor.image_processor(images=list(images.float().clamp(0, 1)), do_rescale=False, return_tensors="pt")
+        proc = self.processor.image_processor(images=list(images.detach().float().clamp(0, 1)), do_rescale=False, return_tensors="pt")
         grid = proc["image_grid_thw"].to(self.device)
         pixels = proc["pixel_values"].to(self.device)
-        feats = self.model.model.get_image_features(pixels, grid).pooler_output
+        with torch.set_grad_enabled(grad):
+            feats = self.model.model.get_image_features(pixels, grid).pooler_output
         merge = self.model.config.vision_config.spatial_merge_size
         t, h, w = (int(v) for v in grid[0])
         return torch.stack(feats).reshape(len(feats), h // merge, w // merge, -1)

@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from hieraquery_core.backbones import build_mllm
+from hieraquery_core.backbones import build_codec, build_mllm
 from hieraquery_core.config import BackboneSpec
+from hieraquery_core.errors import HieraQueryError
 from hieraquery_core.shapesworld import edit_triplets, is_held_out, random_scene
 from hieraquery_core.shapesworld.understanding import GROUNDING_WORDS
-from train.shapesworld_mllm import (ASSET_DIR, REPEAT, TEXT_SEPARATOR, answer_loss, evaluate_mllm, extend_vocabulary, main, pixels_of, pretrain,
-                                    sample_examples, save_mllm, shapesworld_mllm_spec)
+from hieraquery_core.tiny import tiny_codec
+from train.shapesworld_mllm import (ASSET_DIR, REPEAT, TEXT_SEPARATOR, LatentReadout, answer_loss, evaluate_mllm, extend_vocabulary, main, pixels_of, pretrain,
+                                    reconstruction_loss, sample_examples, save_mllm, shapesworld_mllm_spec)
 
 
 def small_mllm(seed: int = 0):
@@ -143,6 +145,31 @@ def test_vision_only_grounding_pretraining_keeps_every_text_condition_exact(tmp_
     assert loaded.tokenizer.get_vocab() == vocab
     scores = evaluate_mllm(loaded, n=4, batch=4)
     assert 0.0 <= scores["grounding_within_2px"] <= 1.0 and "where" not in scores
+
+
+def test_the_latent_readout_teaches_the_vision_tower_the_whole_image():
+    """``reconstruction_weight``: the vision features are read into the frozen autoencoder's latents (one patch of
+    latents per image token); a few steps on a fixed batch cut that error while the language model stays frozen;
+    without a codec the error names what is missing."""
+    mllm = small_mllm()
+    codec = build_codec(tiny_codec("autoencoder_kl"))
+    pixels = pixels_of([random_scene(np.random.default_rng(i)) for i in range(4)])
+    grid = mllm.vision_features(pixels[:1]).shape
+    readout = LatentReadout(grid[-1], codec.channels, 64 // codec.downsample // grid[1])
+    params = [*mllm.model.model.visual.parameters(), *readout.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    before = reconstruction_loss(mllm, codec, readout, pixels).item()
+    for _ in range(10):
+        optimizer.zero_grad()
+        reconstruction_loss(mllm, codec, readout, pixels).backward()
+        optimizer.step()
+    assert reconstruction_loss(mllm, codec, readout, pixels).item() < 0.7 * before
+    losses = pretrain(small_mllm(), steps=2, batch=2, log_every=0, vision_only=True, reconstruction_weight=1.0, codec=codec)
+    assert all(np.isfinite(losses))
+    with pytest.raises(HieraQueryError, match="autoencoder"):
+        pretrain(small_mllm(), steps=1, batch=2, log_every=0, reconstruction_weight=1.0)
 
 
 def test_the_cli_builds_a_finer_vision_grid_with_a_smaller_patch(tmp_path):

@@ -25,14 +25,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from einops import rearrange
 from torch import nn
 
-from hieraquery_core.backbones import build_mllm
+from hieraquery_core.backbones import build_codec, build_mllm
 from hieraquery_core.checkpoint import replace_directory
 from hieraquery_core.config import BackboneSpec
 from hieraquery_core.errors import HieraQueryError
+from hieraquery_core.latent_codec import LatentCodec
 from hieraquery_core.mllm import FrozenMLLM, ImageList
-from hieraquery_core.shapesworld import render, sample_caption, sample_question, sample_text_question, sample_training_text
+from hieraquery_core.shapesworld import random_scene, render, spec, sample_caption, sample_question, sample_text_question, sample_training_text
 from hieraquery_core.shapesworld.evaluate import same_place
 from hieraquery_core.shapesworld.understanding import GROUNDING_WORDS, parse_box, parse_question
 from hieraquery_core.tiny import TINY_VOCABULARY
@@ -46,6 +48,7 @@ REPEAT = "describe it"
 TEXT_SEPARATOR = "."
 """Between the text and the question of a text-only example ("a red circle . what color is the circle")."""
 ASSET_DIR = Path(__file__).resolve().parents[1] / "hieraquery_core" / "assets" / "shapesworld-mllm"
+VAE_DIR = ASSET_DIR.with_name("shapesworld-vae")
 TRAIN_SEED, EVAL_SEED = 1, 0x45564C  # separate random streams: evaluation scenes are never trained on
 
 
@@ -190,9 +193,33 @@ def vision_side_parameters(mllm: FrozenMLLM, new_ids: Sequence[int]) -> list[nn.
     return [*mllm.model.model.visual.parameters(), *tables]
 
 
+class LatentReadout(nn.Module):
+    """An auxiliary head of the vision-tower pretraining, discarded afterwards: each image token's feature -> its
+    patch of the frozen ShapesWorld autoencoder's latents (a 4x4 token grid -> 16x16 latents: 4x4 latents per token).
+
+    Trained jointly with the tower (``--reconstruction-weight``), it makes the features hold the whole image, where
+    every object is to the pixel, which the questions never ask for and which in-place reconstruction and editing
+    need (docs/demo-and-ablations.md section 1); unified models' vision tokenizers are trained with a
+    reconstruction term next to understanding for the same reason."""
+
+    def __init__(self, dim: int, channels: int, patch: int) -> None:
+        super().__init__()
+        self.patch = patch
+        self.net = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, patch * patch * channels))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, h, w, D] -> latents [B, C, h * patch, w * patch]."""
+        return rearrange(self.net(features), "b h w (p q c) -> b c (h p) (w q)", p=self.patch, q=self.patch)
+
+
+def reconstruction_loss(mllm: FrozenMLLM, codec: LatentCodec, readout: LatentReadout, pixels: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of the readout of the vision features against the autoencoder's latents of ``pixels``."""
+    return torch.nn.functional.mse_loss(readout(mllm.vision_features(pixels, grad=True)), codec.encode(pixels * 2 - 1))
+
+
 def pretrain(mllm: FrozenMLLM, steps: int, batch: int = 32, lr: float = 2e-3, seed: int = TRAIN_SEED, log_every: int = 50,
              checkpoint_every: int = 0, out: Path | None = None, text_fraction: float = 0.0, repeat_fraction: float = 0.0, freeze_embeddings: bool = False,
-             grounding_fraction: float = 0.0, vision_only: bool = False) -> list[float]:
+             grounding_fraction: float = 0.0, vision_only: bool = False, reconstruction_weight: float = 0.0, codec: LatentCodec | None = None) -> list[float]:
     """AdamW with warm-up and cosine decay on freshly sampled ShapesWorld examples (a ``text_fraction`` of
     them about a text with no image, ``repeat_fraction`` of those asking for it back, a ``grounding_fraction``
     grounding questions, :func:`sample_examples`); returns the loss curve.
@@ -202,7 +229,8 @@ def pretrain(mllm: FrozenMLLM, steps: int, batch: int = 32, lr: float = 2e-3, se
     telling them apart (docs/demo-and-ablations.md section 1: trained, the three shape words drift together).
     With grounding questions the vocabulary first gains :data:`GROUNDING_WORDS` (:func:`extend_vocabulary`).
     ``vision_only`` trains only :func:`vision_side_parameters`, without weight decay (which would move the frozen
-    rows)."""
+    rows). ``reconstruction_weight`` adds that times :func:`reconstruction_loss` on a batch of fresh scenes, through
+    a :class:`LatentReadout` into ``codec`` (the frozen autoencoder), trained alongside and then dropped."""
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 3])
     new_ids = extend_vocabulary(mllm, GROUNDING_WORDS) if grounding_fraction else []
@@ -211,6 +239,13 @@ def pretrain(mllm: FrozenMLLM, steps: int, batch: int = 32, lr: float = 2e-3, se
         params = vision_side_parameters(mllm, new_ids)
     else:
         params = [p for p in mllm.model.parameters() if not (freeze_embeddings and p is embeddings)]
+    readout = None
+    if reconstruction_weight:
+        if codec is None:
+            raise HieraQueryError("reconstruction_weight needs the frozen autoencoder (codec) whose latents the vision features are read into")
+        grid = mllm.vision_features(torch.zeros(1, 3, spec.CANVAS, spec.CANVAS)).shape
+        readout = LatentReadout(grid[-1], codec.channels, spec.CANVAS // codec.downsample // grid[1])
+        params = [*params, *readout.parameters()]
     for p in params:
         p.requires_grad_(True)
     mllm.model.train()
@@ -218,7 +253,11 @@ def pretrain(mllm: FrozenMLLM, steps: int, batch: int = 32, lr: float = 2e-3, se
     def batch_loss(step: int) -> tuple[torch.Tensor, str]:
         images, questions, answers = sample_examples(rng, batch, text_fraction=text_fraction, repeat_fraction=repeat_fraction,
                                                      grounding_fraction=grounding_fraction)
-        return answer_loss(mllm, images, questions, answers), ""
+        loss = answer_loss(mllm, images, questions, answers)
+        if readout is None:
+            return loss, ""
+        recon = reconstruction_loss(mllm, codec, readout, pixels_of([random_scene(rng, outline_prob=0.5) for _ in range(batch)]))
+        return loss + reconstruction_weight * recon, f" (reconstruction {recon.item():.4f})"
 
     def checkpoint(done: int) -> None:
         if out is not None and checkpoint_every and done % checkpoint_every == 0:
@@ -254,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--freeze-embeddings", action="store_true", help="keep the input word embeddings at their initialisation (the words stay apart)")
     parser.add_argument("--grounding-fraction", type=float, default=0.0, help="share of examples that are grounding questions (\"where is the red circle\" -> its box in pixels); adds their words to the vocabulary (default %(default)s)")
     parser.add_argument("--train", choices=("all", "vision"), default="all", help="'vision': only the vision tower and the new words' rows; the language model stays as it was, so checkpoints trained on the --resume MLLM keep their text-to-image conditions (default %(default)s)")
+    parser.add_argument("--reconstruction-weight", type=float, default=0.0, help="weight of the vision features' reconstruction of the autoencoder's latents (LatentReadout, dropped afterwards) (default %(default)s)")
+    parser.add_argument("--vae", type=Path, default=VAE_DIR, help="the frozen autoencoder for --reconstruction-weight (default: the bundled ShapesWorld VAE)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-n", type=int, default=300)
     parser.add_argument("--out", type=Path, default=ASSET_DIR)
@@ -266,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     mllm = build_mllm(spec)
     pretrain(mllm, args.steps, batch=args.batch, lr=args.lr, seed=args.seed, checkpoint_every=500, out=args.out, text_fraction=args.text_fraction,
              repeat_fraction=args.repeat_fraction, freeze_embeddings=args.freeze_embeddings, grounding_fraction=args.grounding_fraction,
-             vision_only=args.train == "vision")
+             vision_only=args.train == "vision", reconstruction_weight=args.reconstruction_weight,
+             codec=build_codec(BackboneSpec("autoencoder_kl", path=str(args.vae))) if args.reconstruction_weight else None)
     save_mllm(mllm, args.out)
     scores = evaluate_mllm(mllm, n=args.eval_n)
     (args.out / "understanding_scores.json").write_text(json.dumps(scores, indent=2) + "\n")
