@@ -14,6 +14,7 @@ black with probability ``image_dropout``.
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,21 @@ class HieraQuery(nn.Module):
         model = cls(config, mllm, connector, dit, build_codec(config.codec, base_dir))
         model.source_dir = base_dir
         return model
+
+    def replace_mllm(self, folder: str | Path) -> None:
+        """Swap the frozen MLLM (Eq. 4) for the one in ``folder``, keeping every trained part.
+
+        For an MLLM that only differs where the trained parts do not depend on it, e.g. a ShapesWorld MLLM whose
+        vision tower was retrained with the language model untouched (``train.shapesworld_mllm --train vision``):
+        text-to-image conditions stay the same and the next stage learns the new image features. Its hidden
+        size and vision feature size must match the current one's (the queries, connector and alignment
+        projector are sized by them)."""
+        mllm = build_mllm(dataclasses.replace(self.config.mllm, path=str(folder), config=None))
+        sizes = [(m.hidden_size, m.model.config.vision_config.out_hidden_size if m.supports_images else None) for m in (self.mllm, mllm)]
+        require(sizes[0] == sizes[1], f"the MLLM in {folder} has (hidden, vision feature) sizes {sizes[1]}, this model's has {sizes[0]}; "
+                "only an MLLM of the same sizes can replace it (train a new model from a config for another one)")
+        self.mllm = mllm.to(self.device)
+        self.config = dataclasses.replace(self.config, mllm=dataclasses.replace(self.config.mllm, path=str(Path(folder).absolute()), config=None))
 
     @property
     def device(self) -> torch.device:

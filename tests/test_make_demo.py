@@ -102,6 +102,28 @@ def test_init_from_starts_the_first_stage_from_an_earlier_model(interrupted_then
     assert not (more / "reconstruction").exists() and json.loads((more / "eval.json").read_text())["checkpoint"] == str(more / "t2i" / "final")
 
 
+def test_mllm_replaces_the_init_models_mllm_in_the_first_stage_only(interrupted_then_resumed):
+    """``--init-from X --mllm DIR --steps 0,1,1``: the reconstruction stage swaps X's MLLM for DIR's, the edit
+    stage inherits it from there, and the final model carries DIR's MLLM."""
+    from hieraquery_core.backbones import build_mllm
+    from hieraquery_core.config import BackboneSpec
+    from hieraquery_core.tiny import tiny_mllm
+    from train.shapesworld_mllm import save_mllm
+
+    root, *_ = interrupted_then_resumed
+    torch.manual_seed(11)
+    save_mllm(build_mllm(tiny_mllm(image_pixels=32 * 32)), root / "new-mllm")
+    swapped = root / "swapped"
+    args = demo_args(root, "--init-from", str(root / "runs" / "t2i" / "final"), "--mllm", str(root / "new-mllm"), "--steps", "0,1,1", "--no-publish")
+    args[args.index("--runs") + 1] = str(swapped)
+    assert make_demo.main(args) == 0
+    assert "its frozen MLLM replaced by" in (swapped / "reconstruction" / "train.log").read_text()
+    assert "replaced" not in (swapped / "edit" / "train.log").read_text()
+    final = load_checkpoint(swapped / "edit" / "final").mllm.state_dict()
+    wanted = build_mllm(BackboneSpec("qwen2_5_vl", path=str(root / "new-mllm"))).state_dict()
+    assert final.keys() == wanted.keys() and all(torch.equal(final[k], wanted[k]) for k in final)
+
+
 def test_bad_steps_stop_with_the_expected_form(capsys):
     for steps in ("550,40", "a,b,c", "1,-1,1"):
         with pytest.raises(SystemExit):

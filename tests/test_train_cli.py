@@ -141,3 +141,30 @@ def test_a_later_stage_replays_text_to_image_samples(data, capsys):
     for bad, message in ((["--stage", "t2i", "--replay-share", "0.3"], "means nothing with --stage t2i"), (["--replay-share", "1"], "must be in [0, 1)"),
                          (["--replay-data", "shapesworld"], "only read with --replay-share"), (["--replay-share", "0.5"], "needs --replay-data")):
         assert main([*common, "--out", str(data / "edit-bad"), *bad]) == 2 and message in capsys.readouterr().err
+
+
+def test_mllm_flag_replaces_the_frozen_mllm_of_the_init_model(data, tmp_path, capsys):
+    """``--init-from X --mllm DIR``: the run starts from X's trained parts with the MLLM in DIR (e.g. a retrained
+    vision tower), and its checkpoints embed DIR's MLLM; one of other sizes, or --mllm with --config, is a one-line error."""
+    from hieraquery_core.backbones import build_mllm
+    from hieraquery_core.checkpoint import save_checkpoint
+    from hieraquery_core.config import BackboneSpec
+    from hieraquery_core.tiny import tiny_mllm
+    from tests.tiny_models import make_model
+    from train.shapesworld_mllm import save_mllm, shapesworld_mllm_spec
+
+    start = save_checkpoint(make_model(seed=1), tmp_path / "start")
+    torch.manual_seed(7)
+    save_mllm(build_mllm(tiny_mllm()), tmp_path / "mllm")
+    common = ["--stage", "reconstruction", "--data", str(data / "pairs.jsonl"), "--steps", "1", "--batch-size", "2", "--no-progress"]
+    assert main([*common, "--init-from", str(start), "--mllm", str(tmp_path / "mllm"), "--out", str(tmp_path / "run")]) == 0
+    trained, before = load_checkpoint(tmp_path / "run" / "final"), load_checkpoint(start)
+    wanted = build_mllm(BackboneSpec("qwen2_5_vl", path=str(tmp_path / "mllm")))
+    assert all(torch.equal(a, b) for a, b in zip(trained.mllm.state_dict().values(), wanted.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(trained.mllm.state_dict().values(), before.mllm.state_dict().values()))
+    assert trained.config.mllm.path == "mllm" and "its frozen MLLM replaced by" in (tmp_path / "run" / "train.log").read_text()
+    save_mllm(build_mllm(shapesworld_mllm_spec(width=32, layers=1, vision_width=16, vision_depth=1)), tmp_path / "other")
+    assert main([*common, "--init-from", str(start), "--mllm", str(tmp_path / "other"), "--out", str(tmp_path / "bad")]) == 2
+    assert "only an MLLM of the same sizes can replace it" in capsys.readouterr().err
+    assert main([*common, "--config", str(data / "cfg.json"), "--mllm", str(tmp_path / "mllm"), "--out", str(tmp_path / "bad2")]) == 2
+    assert "set mllm.path in the config" in capsys.readouterr().err

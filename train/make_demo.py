@@ -86,10 +86,11 @@ def warmup_steps(steps: int) -> int:
 
 def stage_config(stage: str, out: Path, steps: int, batch: int, lr: float, seed: int, save_every: int, *,
                  config: HieraQueryConfig | None = None, init_from: Path | None = None, resume: bool = False, replay_share: float = 0.0,
-                 ema_decay: float = 0.0) -> TrainConfig:
+                 ema_decay: float = 0.0, mllm: Path | None = None) -> TrainConfig:
     """The trainer settings of one ShapesWorld stage with the demo recipe (see the module docstring);
-    ``replay_share`` applies to the reconstruction and edit stages only."""
-    return TrainConfig(stage=stage, out=str(out), config=config, init_from=None if init_from is None else str(init_from), data="shapesworld",
+    ``replay_share`` applies to the reconstruction and edit stages only; ``mllm`` replaces ``init_from``'s MLLM."""
+    return TrainConfig(stage=stage, out=str(out), config=config, init_from=None if init_from is None else str(init_from),
+                       mllm=None if mllm is None else str(mllm), data="shapesworld",
                        steps=steps, batch_size=batch, lr=lr, min_lr=lr * MIN_LR_FRACTION, warmup=warmup_steps(steps), weight_decay=0.0,
                        grad_clip=1.0, save_every=save_every, log_every=25, seed=seed, resume="latest" if resume else None,
                        replay_share=0.0 if stage == "t2i" else replay_share, ema_decay=ema_decay)
@@ -119,8 +120,10 @@ def missing_asset(path: str | None, asset: Path, weights: str) -> bool:
 
 
 def train_stages(args: argparse.Namespace, config: HieraQueryConfig, state) -> Path | None:
-    """Run the stages with a non-zero budget, each from the previous one's model; returns the last ``final/``."""
+    """Run the stages with a non-zero budget, each from the previous one's model; returns the last ``final/``.
+    ``--mllm`` replaces the MLLM of the ``--init-from`` model in the first stage (later stages inherit it)."""
     previous: Path | None = args.init_from
+    mllm: Path | None = args.mllm if args.init_from is not None else None
     for stage, steps in zip(STAGES, args.steps):
         if steps == 0:
             continue
@@ -130,9 +133,9 @@ def train_stages(args: argparse.Namespace, config: HieraQueryConfig, state) -> P
         else:
             cfg = stage_config(stage, out, steps, args.batch, args.lr, args.seed, args.save_every,
                                config=config if previous is None else None, init_from=previous, resume=args.resume, replay_share=args.replay_share,
-                               ema_decay=args.ema_decay)
+                               ema_decay=args.ema_decay, mllm=mllm)
             train(cfg)
-        previous = out
+        previous, mllm = out, None
     return None if previous is None else previous / "final"
 
 
@@ -184,6 +187,8 @@ def run(args: argparse.Namespace) -> Path | None:
     torch.set_num_threads(args.threads)
     state = launch_state()
     config = demo_config(args.config)
+    if args.mllm is not None:
+        config.mllm.path = str(args.mllm.absolute())
     with state.main_process_first():  # the main process pretrains a missing MLLM; the others then find it
         if missing_asset(config.mllm.path, shapesworld_mllm.ASSET_DIR, "model.safetensors"):
             pretrain_mllm()
@@ -238,6 +243,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run: finished stages are skipped, the interrupted one resumes")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="start the first stage from this model (a checkpoint or run folder, e.g. an earlier run's t2i) with a fresh schedule, instead of --config")
+    parser.add_argument("--mllm", type=Path, default=None,
+                        help="the frozen MLLM folder: replaces --config's, or --init-from's model's (same sizes; e.g. a vision tower retrained with train.shapesworld_mllm --train vision)")
     add_eval_arguments(parser)
     parser.add_argument("--eval-edits", type=int, default=EvalSettings.n_edits, help="held-out edits (default %(default)s)")
     publishing = parser.add_mutually_exclusive_group()
