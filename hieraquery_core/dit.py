@@ -7,6 +7,10 @@ connector output. Scale k runs at its own resolution (the latents' spatial size)
 the DiT which scale it paints. It also exposes the token output of any block, for the multi-scale
 representation alignment of section 3.2, and caches the caption path while a condition stays fixed
 (:meth:`DiffusionTransformer.constant_condition`, used by every denoising loop of the pipeline).
+
+Project extension (not in the paper): a DiT may also read the latents of an input image, concatenated to
+its noisy latents along the channels as InstructPix2Pix does (:meth:`DiffusionTransformer.add_input_channels`,
+``HieraQuery.read_source``); see docs/design.md, "Editing that keeps the picture".
 """
 
 from __future__ import annotations
@@ -64,15 +68,43 @@ class DiffusionTransformer(nn.Module):
             return self.config.pos_embed_max_size * self.patch_size
         return None
 
-    def forward(self, latents: torch.Tensor, sigma: torch.Tensor, condition: ScaleCondition) -> torch.Tensor:
+    @property
+    def out_channels(self) -> int:
+        return self.config.out_channels or self.config.in_channels
+
+    def _patch_embedding(self) -> nn.Module:
+        return self.transformer.pos_embed if self.kind == "sd3" else self.transformer.patch_embed
+
+    def patch_projection(self) -> nn.Conv2d:
+        """The convolution that turns latent patches into tokens (the only layer that sees the input channels)."""
+        return self._patch_embedding().proj
+
+    @torch.no_grad()
+    def add_input_channels(self, extra: int) -> None:
+        """Widen the input by ``extra`` channels whose weights start at zero, so the DiT computes exactly what it
+        did until training teaches it to use them (InstructPix2Pix, Brooks et al. 2023, section 3.4).
+        The output keeps its channels; the diffusers config records both, so the widened DiT saves and loads."""
+        require(extra > 0, f"extra input channels must be positive, got {extra}")
+        old = self.patch_projection()
+        new = nn.Conv2d(old.in_channels + extra, old.out_channels, old.kernel_size, old.stride, old.padding, bias=old.bias is not None).to(old.weight)
+        new.weight.zero_()
+        new.weight[:, : old.in_channels] = old.weight
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+        self._patch_embedding().proj = new
+        self.transformer.register_to_config(in_channels=old.in_channels + extra, out_channels=self.out_channels)
+
+    def forward(self, latents: torch.Tensor, sigma: torch.Tensor, condition: ScaleCondition, source: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted velocity (noise - data) at noise level ``sigma`` ([B] or scalar, in [0, 1]).
 
-        Inputs are cast to the transformer's dtype and the output back to the latents' dtype, so a bf16
-        DiT can be driven by float32 scheduler state.
+        ``source``: latents of an input image, concatenated along the channels (a DiT widened by
+        :meth:`add_input_channels`). Inputs are cast to the transformer's dtype and the output back to the
+        latents' dtype, so a bf16 DiT can be driven by float32 scheduler state.
         """
         dtype = self.transformer.dtype
         timestep = (sigma * 1000.0).to(dtype).expand(latents.shape[0])
-        kwargs = {"hidden_states": latents.to(dtype), "encoder_hidden_states": condition.tokens.to(dtype), "timestep": timestep, "return_dict": False}
+        hidden = latents if source is None else torch.cat([latents, source.to(latents.dtype)], dim=1)
+        kwargs = {"hidden_states": hidden.to(dtype), "encoder_hidden_states": condition.tokens.to(dtype), "timestep": timestep, "return_dict": False}
         if self.kind == "sd3":
             kwargs["pooled_projections"] = condition.pooled.to(dtype)
         return self.transformer(**kwargs)[0].to(latents.dtype)

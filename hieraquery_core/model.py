@@ -10,6 +10,10 @@ at that scale's resolution, plus the weighted multi-scale representation alignme
 Conditions are dropped for classifier-free guidance as MetaQuery does: the prompt becomes empty with
 probability ``prompt_dropout`` and, where there are input images (editing, reconstruction), they become
 black with probability ``image_dropout``.
+
+Project extension (not in the paper, off unless the DiT is widened): the DiT may also read the input image's
+latents at each scale (:meth:`HieraQuery.read_source`, InstructPix2Pix's concatenation), so an edit can keep
+everything it does not change; docs/design.md, "Editing that keeps the picture".
 """
 
 from __future__ import annotations
@@ -64,7 +68,9 @@ class HieraQuery(nn.Module):
         self.dit = dit
         self.codec = codec
         self.source_dir: Path | None = None  # where relative backbone paths point (the checkpoint folder); set by from_config
-        require(dit.in_channels == codec.channels, f"the DiT takes {dit.in_channels} input channels but the {codec.kind} codec gives {codec.channels}; make dit.config.in_channels match")
+        require(dit.in_channels in (codec.channels, 2 * codec.channels) and dit.out_channels == codec.channels,
+                f"the DiT takes {dit.in_channels} input and gives {dit.out_channels} output channels but the {codec.kind} codec has {codec.channels}; "
+                f"set dit.config in_channels to {codec.channels} (or {2 * codec.channels} to read the input image's latents too) and out_channels to {codec.channels}")
         self.aligner = None
         if config.alignment.weight > 0:
             require(mllm.supports_images, "representation alignment needs the MLLM's vision encoder; set alignment.weight to 0 for a text-only MLLM")
@@ -96,6 +102,33 @@ class HieraQuery(nn.Module):
                 "only an MLLM of the same sizes can replace it (train a new model from a config for another one)")
         self.mllm = mllm.to(self.device)
         self.config = dataclasses.replace(self.config, mllm=dataclasses.replace(self.config.mllm, path=str(Path(folder).absolute()), config=None))
+
+    @property
+    def reads_source(self) -> bool:
+        """Whether the DiT also reads the input image's latents (its input is twice the codec's channels)."""
+        return self.dit.in_channels == 2 * self.codec.channels
+
+    def read_source(self) -> None:
+        """Let the DiT read the input image's latents from now on: its input widens by the codec's channels with
+        zero weights, so the model paints exactly as before until a stage with input images trains them.
+        Does nothing when it already reads them."""
+        if not self.reads_source:
+            self.dit.add_input_channels(self.codec.channels)
+            if self.config.dit.config is not None:
+                self.config.dit.config = {**self.config.dit.config, "in_channels": self.dit.in_channels, "out_channels": self.codec.channels}
+
+    def source_latents(self, images: ImageList | torch.Tensor | None, batch: int, size: tuple[int, int]) -> torch.Tensor:
+        """The latents the DiT reads beside its own at a scale of ``size`` pixels: each sample's first input image,
+        or zeros for a sample without one (text-to-image). ``images``: an ImageList, or pixels [B, 3, H, W]."""
+        factor = self.codec.downsample
+        out = torch.zeros(batch, self.codec.channels, size[0] // factor, size[1] // factor, device=self.device, dtype=self.dtype)
+        if images is None:
+            return out
+        rows = list(range(batch)) if isinstance(images, torch.Tensor) else [i for i, imgs in enumerate(images) if len(imgs)]
+        if rows:
+            pixels = images if isinstance(images, torch.Tensor) else torch.stack([resize(images[i][0][None], size)[0] for i in rows])
+            out[rows] = self.codec.encode(to_signed(resize(pixels.to(self.device), size))).to(self.dtype)
+        return out
 
     @property
     def device(self) -> torch.device:
@@ -166,13 +199,14 @@ class HieraQuery(nn.Module):
         prompts, images = self.drop_conditions(batch, generator) if dropout else (list(batch.prompts), batch.images)
         conditions = self.condition(self.encode(prompts, images))
         features = self.mllm.vision_features(targets) if self.aligner is not None else None
-        return self.scale_losses(conditions, targets, generator, sigma, features)
+        return self.scale_losses(conditions, targets, generator, sigma, features, images)
 
     def scale_losses(self, conditions: list[ScaleCondition], targets: torch.Tensor, generator: torch.Generator | None = None,
-                     sigma: float | None = None, features: torch.Tensor | None = None) -> LossOutput:
+                     sigma: float | None = None, features: torch.Tensor | None = None, images: ImageList | None = None) -> LossOutput:
         """Eq. 5's flow-matching loss of every scale for given conditions (and, with the MLLM's vision
         ``features`` of the targets, section 3.2's alignment losses): the part of :meth:`training_loss` after
-        encoding, so a held-out loss can reuse one encoding for several noise levels."""
+        encoding, so a held-out loss can reuse one encoding for several noise levels. ``images``: the input
+        images, which a DiT that :attr:`reads_source` also reads."""
         flow, align = [], []
         aligned = self.aligner is not None and features is not None
         for condition, size in zip(conditions, self.scale_sizes(*targets.shape[-2:])):
@@ -182,9 +216,10 @@ class HieraQuery(nn.Module):
                 sigmas = sample_sigmas(x0.shape[0], self.config.timestep_sampling, x0.device, generator, self.config.timestep_logit_mean, self.config.timestep_logit_std)
             else:
                 sigmas = torch.full((x0.shape[0],), sigma, device=x0.device)
+            source = self.source_latents(images, x0.shape[0], size) if self.reads_source else None
             capture = self.dit.capture_block(self.config.alignment.block) if aligned else nullcontext([])
             with capture as captured:
-                velocity = self.dit(noisy_latents(x0, noise, sigmas), sigmas, condition)
+                velocity = self.dit(noisy_latents(x0, noise, sigmas), sigmas, condition, source)
             flow.append(flow_matching_loss(velocity, x0, noise))
             if aligned:
                 grid = (x0.shape[-2] // self.dit.patch_size, x0.shape[-1] // self.dit.patch_size)

@@ -47,6 +47,8 @@ class QueryStates:
     cond: list[torch.Tensor]
     uncond: list[torch.Tensor] | None = None
     image_only: list[torch.Tensor] | None = None
+    source: torch.Tensor | None = None
+    """The input images [B, 3, H, W] in [0, 1] when editing (a DiT that reads them gets their latents too)."""
 
     @property
     def batch_size(self) -> int:
@@ -60,6 +62,8 @@ class EncodedPrompt:
     cond: list[ScaleCondition]
     uncond: list[ScaleCondition] | None = None
     image_only: list[ScaleCondition] | None = None
+    source: torch.Tensor | None = None
+    """As :attr:`QueryStates.source`."""
 
     @property
     def batch_size(self) -> int:
@@ -135,7 +139,7 @@ class HieraQueryPipeline:
         """Eq. 4 alone: the frozen MLLM's query states of every guidance branch (see :meth:`encode`)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         require(len(prompts) > 0, "no prompt was given")
-        image_lists = None
+        image_lists = pixels = None
         if images is not None:
             pixels = as_pixels(images)
             if pixels.shape[0] == 1 and len(prompts) > 1:
@@ -145,12 +149,12 @@ class HieraQueryPipeline:
         model = self.model
         cond = model.encode(prompts, image_lists)
         if not guidance:
-            return QueryStates(cond)
+            return QueryStates(cond, source=pixels)
         empty = [""] * len(prompts)
         if image_lists is None:
             return QueryStates(cond, uncond=model.encode(empty))
         black = [[torch.zeros_like(imgs[0])] for imgs in image_lists]
-        return QueryStates(cond, uncond=model.encode(empty, black), image_only=model.encode(empty, image_lists))
+        return QueryStates(cond, uncond=model.encode(empty, black), image_only=model.encode(empty, image_lists), source=pixels)
 
     @torch.no_grad()
     def connect(self, states: QueryStates) -> EncodedPrompt:
@@ -161,16 +165,20 @@ class HieraQueryPipeline:
             condition(states.cond),
             uncond=condition(states.uncond) if states.uncond is not None else None,
             image_only=condition(states.image_only) if states.image_only is not None else None,
+            source=states.source,
         )
 
-    def _branches(self, encoded: EncodedPrompt, k: int, guidance: float, image_guidance: float) -> tuple[list[ScaleCondition], Callable[[list[torch.Tensor]], torch.Tensor]]:
-        """The conditions to batch through the DiT for scale k, and how to combine their velocities."""
-        cond = encoded.cond[k]
+    def _branches(self, encoded: EncodedPrompt, k: int, guidance: float, image_guidance: float) -> tuple[list[ScaleCondition], list[torch.Tensor | None], Callable[[list[torch.Tensor]], torch.Tensor]]:
+        """The conditions to batch through the DiT for scale k, each branch's input images (the black image
+        of the empty branch when editing), and how to combine their velocities."""
+        cond, source = encoded.cond[k], encoded.source
         if encoded.uncond is None or (guidance == 1.0 and (encoded.image_only is None or image_guidance == 1.0)):
-            return [cond], lambda v: v[0]
+            return [cond], [source], lambda v: v[0]
+        black = None if source is None else torch.zeros_like(source)
         if encoded.image_only is None:
-            return [encoded.uncond[k], cond], lambda v: v[0] + guidance * (v[1] - v[0])
-        return [encoded.uncond[k], encoded.image_only[k], cond], lambda v: v[0] + image_guidance * (v[1] - v[0]) + guidance * (v[2] - v[1])
+            return [encoded.uncond[k], cond], [black, source], lambda v: v[0] + guidance * (v[1] - v[0])
+        return ([encoded.uncond[k], encoded.image_only[k], cond], [black, source, source],
+                lambda v: v[0] + image_guidance * (v[1] - v[0]) + guidance * (v[2] - v[1]))
 
     @torch.no_grad()
     def sample_scale(self, encoded: EncodedPrompt, k: int, size: tuple[int, int], seed: int, **options) -> torch.Tensor:
@@ -204,9 +212,13 @@ class HieraQueryPipeline:
         require(0 <= k < encoded.num_scales, f"scale {k} does not exist; this model has scales 0..{encoded.num_scales - 1}")
         require(steps >= 1, f"steps must be at least 1, got {steps}")
         require(0.0 < strength <= 1.0, f"refine strength must be in (0, 1], got {strength}")
-        conditions, combine = self._branches(encoded, k, guidance, image_guidance)
+        conditions, inputs, combine = self._branches(encoded, k, guidance, image_guidance)
         conditions = [c.repeat(images_per_prompt) for c in conditions]
         batch = conditions[0].tokens.shape[0]
+        source = None
+        if model.reads_source:
+            inputs = [None if x is None else as_pixels(x).repeat_interleave(images_per_prompt, 0) for x in inputs]
+            source = torch.cat([model.source_latents(x, batch, size) for x in inputs]).float()
         factor = model.codec.downsample
         shape = (batch, model.codec.channels, size[0] // factor, size[1] // factor)
         generator = torch.Generator("cpu").manual_seed((int(seed) + k) % 2**64)  # any 64-bit seed, as ComfyUI draws them
@@ -226,7 +238,7 @@ class HieraQueryPipeline:
         merged = ScaleCondition.cat(conditions)
         with model.dit.constant_condition():
             for i, t in enumerate(timesteps):
-                velocity = model.dit(latents.repeat(len(conditions), 1, 1, 1), t / 1000.0, merged).float()
+                velocity = model.dit(latents.repeat(len(conditions), 1, 1, 1), t / 1000.0, merged, source).float()
                 latents = scheduler.step(combine(list(velocity.chunk(len(conditions)))), t, latents, return_dict=False)[0]
                 if callback is not None:
                     callback(k, i + 1, len(timesteps), latents)

@@ -168,3 +168,19 @@ def test_mllm_flag_replaces_the_frozen_mllm_of_the_init_model(data, tmp_path, ca
     assert "only an MLLM of the same sizes can replace it" in capsys.readouterr().err
     assert main([*common, "--config", str(data / "cfg.json"), "--mllm", str(tmp_path / "mllm"), "--out", str(tmp_path / "bad2")]) == 2
     assert "set mllm.path in the config" in capsys.readouterr().err
+
+
+def test_read_source_flag_widens_the_init_models_dit_and_the_edit_stage_trains_the_new_channels(data, tmp_path):
+    """``--read-source``: the DiT of the --init-from model also reads the source image's latents, starting from zero
+    weights that the edit stage trains; the checkpoint keeps the wider DiT, and a run resumed from it needs no flag."""
+    from hieraquery_core.checkpoint import save_checkpoint
+    from tests.tiny_models import make_model
+
+    start = save_checkpoint(make_model(seed=2), tmp_path / "start")
+    common = ["--stage", "edit", "--data", str(data / "edits"), "--steps", "2", "--batch-size", "2", "--no-progress", "--lr", "1e-3"]
+    assert main([*common, "--init-from", str(start), "--read-source", "--out", str(tmp_path / "run")]) == 0
+    trained = load_checkpoint(tmp_path / "run" / "final")
+    assert trained.reads_source and "now also reads the input image's latents" in (tmp_path / "run" / "train.log").read_text()
+    assert trained.dit.patch_projection().weight[:, trained.codec.channels:].abs().sum() > 0
+    assert main([*common, "--init-from", str(tmp_path / "run" / "final"), "--out", str(tmp_path / "again")]) == 0
+    assert load_checkpoint(tmp_path / "again" / "final").reads_source

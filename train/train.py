@@ -70,6 +70,7 @@ class TrainConfig:
     config: str | HieraQueryConfig | None = None
     init_from: str | None = None
     mllm: str | None = None
+    read_source: bool = False
     data: str | None = None
     steps: int | None = None
     epochs: float | None = None
@@ -362,12 +363,15 @@ class Trainer:
             if cfg.mllm:
                 model.replace_mllm(cfg.mllm)
                 self.log(f"its frozen MLLM replaced by {cfg.mllm}")
-            return model
-        require(wanted is not None, "give --config CONFIG.json (a HieraQueryConfig, for the first stage) or --init-from CHECKPOINT (the previous stage's final/)")
-        require(not cfg.mllm, "--mllm replaces the MLLM of the --init-from model; for a new model from --config, set mllm.path in the config")
-        torch.manual_seed(cfg.seed)
-        model = HieraQuery.from_config(wanted, base_dir=base_dir)
-        self.log(f"built a new model from {cfg.config if not isinstance(cfg.config, HieraQueryConfig) else 'a HieraQueryConfig (' + cfg.config.name + ')'}")
+        else:
+            require(wanted is not None, "give --config CONFIG.json (a HieraQueryConfig, for the first stage) or --init-from CHECKPOINT (the previous stage's final/)")
+            require(not cfg.mllm, "--mllm replaces the MLLM of the --init-from model; for a new model from --config, set mllm.path in the config")
+            torch.manual_seed(cfg.seed)
+            model = HieraQuery.from_config(wanted, base_dir=base_dir)
+            self.log(f"built a new model from {cfg.config if not isinstance(cfg.config, HieraQueryConfig) else 'a HieraQueryConfig (' + cfg.config.name + ')'}")
+        if cfg.read_source and not model.reads_source:
+            model.read_source()
+            self.log(f"the DiT now also reads the input image's latents ({model.dit.in_channels} input channels, the new ones zero)")
         return model
 
     def _open_data(self, source: Any, stage: str) -> Any:
@@ -725,6 +729,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--config", help="a HieraQueryConfig JSON: build a new model (first stage)")
     src.add_argument("--init-from", help="start from a model: a checkpoint folder, a run folder (its final/) or a trainer checkpoint")
     p.add_argument("--mllm", help="with --init-from: replace that model's frozen MLLM by this folder (same hidden and vision feature sizes, e.g. a ShapesWorld MLLM whose vision tower was retrained)")
+    p.add_argument("--read-source", action="store_true",
+                   help="widen the DiT to also read the input image's latents (InstructPix2Pix's concatenation, zero-initialised; a project extension for edits that keep the picture)")
     p.add_argument("--data", required=True, help="a folder (NAME.png + NAME.txt [+ NAME.source.png]), a .jsonl manifest, or 'shapesworld'")
     p.add_argument("--out", required=True, help="the run folder (log, checkpoints, final/)")
     p.add_argument("--steps", type=int, help="optimizer steps (or give --epochs)")
