@@ -47,7 +47,7 @@ class QueryStates:
     cond: list[torch.Tensor]
     uncond: list[torch.Tensor] | None = None
     image_only: list[torch.Tensor] | None = None
-    source: torch.Tensor | None = None
+    source_images: torch.Tensor | None = None
     """The input images [B, 3, H, W] in [0, 1] when editing (a DiT that reads them gets their latents too)."""
 
     @property
@@ -62,8 +62,8 @@ class EncodedPrompt:
     cond: list[ScaleCondition]
     uncond: list[ScaleCondition] | None = None
     image_only: list[ScaleCondition] | None = None
-    source: torch.Tensor | None = None
-    """As :attr:`QueryStates.source`."""
+    source_images: torch.Tensor | None = None
+    """As :attr:`QueryStates.source_images`."""
 
     @property
     def batch_size(self) -> int:
@@ -149,12 +149,12 @@ class HieraQueryPipeline:
         model = self.model
         cond = model.encode(prompts, image_lists)
         if not guidance:
-            return QueryStates(cond, source=pixels)
+            return QueryStates(cond, source_images=pixels)
         empty = [""] * len(prompts)
         if image_lists is None:
             return QueryStates(cond, uncond=model.encode(empty))
         black = [[torch.zeros_like(imgs[0])] for imgs in image_lists]
-        return QueryStates(cond, uncond=model.encode(empty, black), image_only=model.encode(empty, image_lists), source=pixels)
+        return QueryStates(cond, uncond=model.encode(empty, black), image_only=model.encode(empty, image_lists), source_images=pixels)
 
     @torch.no_grad()
     def connect(self, states: QueryStates) -> EncodedPrompt:
@@ -165,13 +165,13 @@ class HieraQueryPipeline:
             condition(states.cond),
             uncond=condition(states.uncond) if states.uncond is not None else None,
             image_only=condition(states.image_only) if states.image_only is not None else None,
-            source=states.source,
+            source_images=states.source_images,
         )
 
     def _branches(self, encoded: EncodedPrompt, k: int, guidance: float, image_guidance: float) -> tuple[list[ScaleCondition], list[torch.Tensor | None], Callable[[list[torch.Tensor]], torch.Tensor]]:
         """The conditions to batch through the DiT for scale k, each branch's input images (the black image
         of the empty branch when editing), and how to combine their velocities."""
-        cond, source = encoded.cond[k], encoded.source
+        cond, source = encoded.cond[k], encoded.source_images
         if encoded.uncond is None or (guidance == 1.0 and (encoded.image_only is None or image_guidance == 1.0)):
             return [cond], [source], lambda v: v[0]
         black = None if source is None else torch.zeros_like(source)

@@ -114,3 +114,24 @@ def test_any_64_bit_seed_is_accepted(loaded, conditions):
 def test_bad_input_is_one_clear_error(loaded, conditions, call, message):
     with pytest.raises(ValueError, match=message):
         call(loaded, conditions)
+
+
+def test_a_dit_that_reads_the_source_gets_it_through_the_staged_nodes(tmp_path):
+    """A checkpoint whose DiT also reads the input image's latents (``HieraQuery.read_source``): the image given to
+    Query Encode reaches every Scale Sampler, which reproduces the one-node Edit, and the image changes the result."""
+    from hieraquery_core.checkpoint import save_checkpoint
+    from tiny_models import make_model
+
+    model = make_model(seed=3)
+    model.read_source()
+    with torch.no_grad():
+        model.dit.patch_projection().weight[:, model.codec.channels:].normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    save_checkpoint(model, tmp_path / "reads-source")
+    loaded_model = jobs.load_model("reads-source", [tmp_path])
+    source = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(2))
+    whole = jobs.edit(loaded_model, source, "make it blue", seed=4, **SAMPLING)
+    conditions = jobs.connect(loaded_model, jobs.encode_queries(loaded_model, "make it blue", source))
+    for k in range(3):
+        assert torch.equal(jobs.sample_scale(loaded_model, conditions, k, seed=4, **SAMPLING)[0], whole[k]), f"scale {k}"
+    other = dataclasses.replace(conditions, encoded=dataclasses.replace(conditions.encoded, source_images=source.flip(1).permute(0, 3, 1, 2)))
+    assert not torch.equal(jobs.sample_scale(loaded_model, other, 2, seed=4, **SAMPLING)[0], whole[2])
