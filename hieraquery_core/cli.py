@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", parents=[common, demo_sampling], help="generate, edit the result, describe it (sampled as the bundled demo was tuned)")
     demo.add_argument("--prompt", default="a red circle to the left of a blue square")
     demo.add_argument("--instruction", default="make the red circle green")
+    demo.add_argument("--edit-refine-strength", type=float, default=tuned["edit_refine_strength"],
+                      help="--refine-strength of the edit (default %(default)s: every scale painted from noise, reading the image)")
     demo.add_argument("--question", default="describe the image")
     return parser
 
@@ -163,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             print(pipeline.describe(read_image(args.image), args.question)[0])
         else:
             generated = run_generate(pipeline, args, "demo_generate")
-            edited = run_edit(pipeline, args, generated.final[:1], "demo_edit")
+            edit_args = argparse.Namespace(**{**vars(args), "refine_strength": args.edit_refine_strength})
+            edited = run_edit(pipeline, edit_args, generated.final[:1], "demo_edit")
             print(f"description of the edited image: {pipeline.describe(edited.final[:1], args.question)[0]!r}")
     except HieraQueryError as exc:
         print(f"error: {exc}", file=sys.stderr)

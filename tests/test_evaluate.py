@@ -18,7 +18,7 @@ from hieraquery_core.shapesworld import heldout_prompts
 from hieraquery_core.tiny import tiny_config
 from train.ablations import VARIANTS, variant_config
 from train.evaluate import (EvalSettings, evaluate_ground_truth, evaluate_model, heldout_edits, heldout_flow_loss, main, score_generations,
-                            tune_setting)
+                            tune_setting, validation_edits)
 from train.make_demo import CONFIG, demo_config
 from train.shapesworld_mllm import ASSET_DIR
 
@@ -66,6 +66,27 @@ def test_guidance_tuning_reports_overall_consistency_and_attributes_per_value():
         assert set(scored["attributes"]) == {"count", "shape", "color", "style", "n_counted"}
     with pytest.raises(HieraQueryError, match="cannot tune 'steps'"):
         tune_setting(model, EvalSettings(batch=6, steps=1), "steps", [4], n=6)
+
+
+def test_edit_refinement_is_tuned_on_validation_edits_never_the_heldout_ones(monkeypatch):
+    """``edit_refine_strength`` is scored by edit accuracy on validation edits, sampled with each value tried."""
+    import train.evaluate as evaluate
+    from hieraquery_core.shapesworld import render
+
+    validation, heldout = validation_edits(12), heldout_edits(12)
+    assert not {t.instruction + t.source.canonical() for t in validation} & {t.instruction + t.source.canonical() for t in heldout}
+    targets = {t.instruction + t.source.canonical(): render(t.target) for t in validation}
+    seen = []
+
+    def fake_sampler(model, settings, sources, texts):  # 0.5 paints every target exactly, anything else returns the input
+        seen.append(settings.edit_refine_strength)
+        return [targets[text + t.source.canonical()] if settings.edit_refine_strength == 0.5 else source
+                for source, text, t in zip(sources, texts, validation)]
+
+    monkeypatch.setattr(evaluate, "image_conditioned", fake_sampler)
+    tuning = tune_setting(None, EvalSettings(), "edit_refine_strength", [1.0, 0.5], n=12)
+    assert seen == [1.0, 0.5] and tuning[0.5]["overall"] == 1.0 and tuning[1.0]["overall"] < 0.5
+    assert set(tuning[1.0]) == {"recolor", "remove", "add", "restyle", "overall"}
 
 
 def test_refinement_makes_the_demo_paint_one_scene_at_every_scale():

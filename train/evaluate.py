@@ -55,6 +55,8 @@ class EvalSettings:
     refine_strength: float = 1.0
     """Each scale after the first starts from the previous one re-noised to this strength (the pipeline's
     alignment-aware refinement); 1.0 paints every scale from pure noise, as the paper does."""
+    edit_refine_strength: float = 1.0
+    """The same for edits and reconstructions (a DiT that reads the source image paints each scale best from noise)."""
     flow_n: int = 96
     """Held-out pairs of the held-out flow loss (:func:`heldout_flow_loss`); 0 skips it."""
 
@@ -100,7 +102,7 @@ def image_conditioned(model: HieraQuery, settings: EvalSettings, sources: Sequen
     """The final images for (source image, text) inputs of the MLLM, ``settings.batch`` at a time, with the
     editing guidance (text ``guidance`` over the image-only branch, ``image_guidance`` over the empty one)."""
     pipe = HieraQueryPipeline(model)
-    options = SamplingOptions(steps=settings.steps, guidance=settings.guidance, image_guidance=settings.image_guidance, refine_strength=settings.refine_strength)
+    options = SamplingOptions(steps=settings.steps, guidance=settings.guidance, image_guidance=settings.image_guidance, refine_strength=settings.edit_refine_strength)
     outputs: list[np.ndarray] = []
     for start in range(0, len(sources), settings.batch):
         pixels = torch.from_numpy(np.stack(sources[start : start + settings.batch])).permute(0, 3, 1, 2).float() / 255.0
@@ -121,23 +123,37 @@ def evaluate_edits(model: HieraQuery, settings: EvalSettings) -> dict[str, dict[
             "reconstruction_accuracy": reconstruction_accuracy(zip(sources, image_conditioned(model, settings, sources, [""] * len(sources))))}
 
 
+def validation_edits(n: int, seed: int = 0) -> list:
+    """``n`` edit triplets from a stream of their own for tuning the editing settings; never held-out ones."""
+    stream = edit_triplets(np.random.default_rng([seed, VALIDATION_STREAM, 7]))
+    return [next(stream) for _ in range(n)]
+
+
 def validation_prompts(n: int, seed: int = 0) -> list[tuple[str, str]]:
     """``n`` training-split prompts (balanced over the categories) for tuning sampling settings; never held-out ones."""
     rng = np.random.default_rng([seed, VALIDATION_STREAM])
     return [(c, sample_prompt(c, rng, split="train")) for c in CATEGORIES for _ in range(n // len(CATEGORIES))]
 
 
-TUNABLE = ("guidance", "refine_strength")
-"""The sampling settings :func:`tune_setting` may choose."""
+TUNABLE = ("guidance", "refine_strength", "edit_refine_strength")
+"""The sampling settings :func:`tune_setting` may choose (the last on validation edits, the others on validation prompts)."""
 
 
 def tune_setting(model: HieraQuery, settings: EvalSettings, name: str, values: Sequence[float], n: int = 60) -> dict[float, dict]:
-    """GenEval overall, cross-scale consistency and the attribute diagnostic (:func:`attribute_accuracy`) on
-    validation prompts for each value of the sampling setting ``name`` (the held-out prompts are not looked at):
-    ``{value: {"overall": ..., "consistency": ..., "attributes": ...}}``."""
+    """For each value of the sampling setting ``name``: GenEval overall, cross-scale consistency and the attribute
+    diagnostic (:func:`attribute_accuracy`) on ``n`` validation prompts, ``{value: {"overall": ..., "consistency": ...,
+    "attributes": ...}}``; for ``edit_refine_strength``, edit accuracy on ``n`` validation edits, ``{value: {"overall": ...,
+    kind: ...}}``. The held-out prompts and edits are not looked at."""
     require(name in TUNABLE, f"cannot tune {name!r}; choose one of {', '.join(TUNABLE)}")
-    prompts = validation_prompts(n, settings.seed)
     scores = {}
+    if name == "edit_refine_strength":
+        triplets = validation_edits(n, settings.seed)
+        sources, instructions = [render(t.source) for t in triplets], [t.instruction for t in triplets]
+        for value in values:
+            trial = EvalSettings(**{**asdict(settings), name: value})
+            scores[value] = edit_accuracy(zip(sources, instructions, image_conditioned(model, trial, sources, instructions)))
+        return scores
+    prompts = validation_prompts(n, settings.seed)
     for value in values:
         trial = EvalSettings(**{**asdict(settings), name: value})
         scored = score_generations(prompts, generate_heldout(model, trial, prompts))
@@ -220,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     for name in TUNABLE:
         parser.add_argument(f"--tune-{name.replace('_', '-')}", help=f"comma-separated {name.replace('_', ' ')} values to try on validation prompts first; the best is used")
-    parser.add_argument("--tune-n", type=int, default=60, help="validation prompts per value tried")
+    parser.add_argument("--tune-n", type=int, default=60, help="validation prompts (or edits) per value tried")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
