@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, value in asdict(defaults).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     for name in TUNABLE:
-        parser.add_argument(f"--tune-{name.replace('_', '-')}", help=f"comma-separated {name.replace('_', ' ')} values to try on validation prompts first; the best is used")
+        parser.add_argument(f"--tune-{name.replace('_', '-')}", help=f"comma-separated {name.replace('_', ' ')} values to try on validation {'edits' if name.startswith('edit') else 'prompts'} first; the best is used")
     parser.add_argument("--tune-n", type=int, default=60, help="validation prompts (or edits) per value tried")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
