@@ -114,8 +114,9 @@ class HieraQuery(nn.Module):
         Does nothing when it already reads them."""
         if not self.reads_source:
             self.dit.add_input_channels(self.codec.channels)
-            if self.config.dit.config is not None:
-                self.config.dit.config = {**self.config.dit.config, "in_channels": self.dit.in_channels, "out_channels": self.codec.channels}
+            if self.config.dit.config is not None:  # a new config, as replace_mllm makes: the caller's stays as it was
+                widened = {**self.config.dit.config, "in_channels": self.dit.in_channels, "out_channels": self.codec.channels}
+                self.config = dataclasses.replace(self.config, dit=dataclasses.replace(self.config.dit, config=widened))
 
     def source_latents(self, images: ImageList | torch.Tensor | None, batch: int, size: tuple[int, int]) -> torch.Tensor:
         """The latents the DiT reads beside its own at a scale of ``size`` pixels: each sample's first input image,

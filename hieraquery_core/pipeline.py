@@ -216,9 +216,12 @@ class HieraQueryPipeline:
         conditions = [c.repeat(images_per_prompt) for c in conditions]
         batch = conditions[0].tokens.shape[0]
         source = None
-        if model.reads_source:
-            inputs = [None if x is None else as_pixels(x).repeat_interleave(images_per_prompt, 0) for x in inputs]
-            source = torch.cat([model.source_latents(x, batch, size) for x in inputs]).float()
+        if model.reads_source:  # each distinct input encoded once (the image-only and full branches share the source)
+            latents_of: dict[int, torch.Tensor] = {}
+            for x in inputs:
+                if id(x) not in latents_of:
+                    latents_of[id(x)] = model.source_latents(None if x is None else as_pixels(x), batch // images_per_prompt, size)
+            source = torch.cat([latents_of[id(x)].repeat_interleave(images_per_prompt, 0) for x in inputs]).float()
         factor = model.codec.downsample
         shape = (batch, model.codec.channels, size[0] // factor, size[1] // factor)
         generator = torch.Generator("cpu").manual_seed((int(seed) + k) % 2**64)  # any 64-bit seed, as ComfyUI draws them

@@ -120,12 +120,11 @@ def test_a_dit_that_reads_the_source_gets_it_through_the_staged_nodes(tmp_path):
     """A checkpoint whose DiT also reads the input image's latents (``HieraQuery.read_source``): the image given to
     Query Encode reaches every Scale Sampler, which reproduces the one-node Edit, and the image changes the result."""
     from hieraquery_core.checkpoint import save_checkpoint
-    from tiny_models import make_model
+    from tiny_models import make_model, wake_new_channels
 
     model = make_model(seed=3)
     model.read_source()
-    with torch.no_grad():
-        model.dit.patch_projection().weight[:, model.codec.channels:].normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    wake_new_channels(model)
     save_checkpoint(model, tmp_path / "reads-source")
     loaded_model = jobs.load_model("reads-source", [tmp_path])
     source = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(2))

@@ -11,7 +11,7 @@ from hieraquery_core.model import HieraQuery, TrainingBatch
 from hieraquery_core.pipeline import HieraQueryPipeline, SamplingOptions
 from hieraquery_core.tiny import tiny_config
 
-from tiny_models import make_model
+from tiny_models import make_model, wake_new_channels
 
 OPTIONS = SamplingOptions(steps=2, guidance=3.0, image_guidance=1.5)
 SOURCES = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
@@ -25,12 +25,6 @@ def edit_batch(images=SOURCES) -> TrainingBatch:
 
 def loss(model: HieraQuery, batch: TrainingBatch) -> torch.Tensor:
     return model.training_loss(batch, torch.Generator().manual_seed(0), sigma=0.6, dropout=False).total
-
-
-def wake_new_channels(model: HieraQuery) -> None:
-    """What training does to the zero-initialised input weights, in one step."""
-    with torch.no_grad():
-        model.dit.patch_projection().weight[:, model.codec.channels:].normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
 
 
 @pytest.mark.parametrize("dit,codec", [("sana", "pixel"), ("sd3", "autoencoder_kl")])
@@ -64,28 +58,34 @@ def test_the_widened_dit_saves_and_loads_and_edits_the_same(tmp_path):
 
 def test_each_guidance_branch_reads_its_own_image_at_each_scale(monkeypatch):
     """Editing: the empty branch reads a black image, the image-only and full branches the source, at every scale's
-    size; several images per prompt repeat each source; text-to-image reads nothing."""
+    size, each distinct image encoded once per scale; several images per prompt repeat each source; text-to-image
+    reads zeros."""
     model = make_model()
     model.read_source()
-    seen = []
-    original = model.source_latents
+    encoded, read = [], []
+    latents_of, dit_forward = model.source_latents, model.dit.forward
 
-    def record(images, batch, size):
-        seen.append((None if images is None else images.clone(), batch, size))
-        return original(images, batch, size)
+    def record_encoding(images, batch, size):
+        encoded.append(size)
+        return latents_of(images, batch, size)
 
-    monkeypatch.setattr(model, "source_latents", record)
+    def record_dit(latents, sigma, condition, source=None):
+        read.append(source.clone())
+        return dit_forward(latents, sigma, condition, source)
+
+    monkeypatch.setattr(model, "source_latents", record_encoding)
+    monkeypatch.setattr(model.dit, "forward", record_dit)
     pipe = HieraQueryPipeline(model)
     out = pipe.edit(SOURCES, INSTRUCTIONS, seed=0, options=dataclasses.replace(OPTIONS, images_per_prompt=2))
     assert out.final.shape == (4, 3, 32, 32)
-    assert [size for _, _, size in seen] == [(8, 8)] * 3 + [(16, 16)] * 3 + [(32, 32)] * 3
-    repeated = SOURCES.repeat_interleave(2, 0)
-    for k in range(3):
-        black, image_only, full = (seen[3 * k + i][0] for i in range(3))
-        assert torch.equal(black, torch.zeros_like(repeated)) and torch.equal(image_only, repeated) and torch.equal(full, repeated)
-    seen.clear()
+    sizes = [(8, 8), (16, 16), (32, 32)]
+    assert encoded == [size for size in sizes for _ in range(2)]  # the black image and the source, once each
+    for k, size in enumerate(sizes):  # OPTIONS: 2 steps per scale, the same inputs at both
+        black, source = (latents_of(x, 2, size).repeat_interleave(2, 0) for x in (torch.zeros_like(SOURCES), SOURCES))
+        assert torch.equal(read[2 * k], torch.cat([black, source, source])) and torch.equal(read[2 * k + 1], read[2 * k])
+    read.clear()
     pipe.generate("a red circle", seed=0, options=OPTIONS)
-    assert seen and all(images is None for images, _, _ in seen)
+    assert read and all(not source.any() for source in read)
 
 
 def test_a_dit_with_other_channel_counts_is_one_clear_error():
@@ -93,3 +93,11 @@ def test_a_dit_with_other_channel_counts_is_one_clear_error():
     config.dit.config = {**config.dit.config, "in_channels": 5, "out_channels": 3}
     with pytest.raises(HieraQueryError, match="set dit.config in_channels to 3 .or 6 to read the input image's latents too. and out_channels to 3"):
         HieraQuery.from_config(config)
+
+
+def test_widening_updates_the_models_config_and_leaves_the_callers_alone():
+    config = tiny_config("sana", "qwen2_5_vl", "pixel")
+    model = HieraQuery.from_config(config)
+    model.read_source()
+    assert (model.config.dit.config["in_channels"], model.config.dit.config["out_channels"]) == (6, 3)
+    assert config.dit.config["in_channels"] == 3 and HieraQuery.from_config(model.config).reads_source

@@ -21,3 +21,8 @@ def make_model(dit: str = "sana", mllm: str = "qwen2_5_vl", codec: str = "pixel"
     torch.manual_seed(seed)
     return HieraQuery.from_config(tiny_config(dit, mllm, codec, **kwargs)).eval()
 
+
+def wake_new_channels(model: HieraQuery) -> None:
+    """What training does to the zero-initialised input weights of ``HieraQuery.read_source``, in one step."""
+    with torch.no_grad():
+        model.dit.patch_projection().weight[:, model.codec.channels:].normal_(0, 0.5, generator=torch.Generator().manual_seed(1))

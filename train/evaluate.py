@@ -23,6 +23,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -66,10 +67,14 @@ def to_uint8(pixels: torch.Tensor) -> list[np.ndarray]:
     return list((pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
 
 
+def first_edits(n: int, stream: Sequence[int]) -> list:
+    """The first ``n`` edit triplets (all four kinds) of the random stream seeded with ``stream``."""
+    return list(islice(edit_triplets(np.random.default_rng(list(stream))), n))
+
+
 def heldout_edits(n: int, seed: int = 0) -> list:
-    """``n`` held-out edit triplets (all four kinds), from a stream of their own."""
-    stream = edit_triplets(np.random.default_rng([seed, EDIT_STREAM, 3]))
-    return [next(stream) for _ in range(n)]
+    """``n`` held-out edit triplets, from a stream of their own."""
+    return first_edits(n, [seed, EDIT_STREAM, 3])
 
 
 def score_generations(prompts: Sequence[tuple[str, str]], scales: Sequence[Sequence[np.ndarray]]) -> dict:
@@ -125,8 +130,7 @@ def evaluate_edits(model: HieraQuery, settings: EvalSettings) -> dict[str, dict[
 
 def validation_edits(n: int, seed: int = 0) -> list:
     """``n`` edit triplets from a stream of their own for tuning the editing settings; never held-out ones."""
-    stream = edit_triplets(np.random.default_rng([seed, VALIDATION_STREAM, 7]))
-    return [next(stream) for _ in range(n)]
+    return first_edits(n, [seed, VALIDATION_STREAM, 7])
 
 
 def validation_prompts(n: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -145,17 +149,14 @@ def tune_setting(model: HieraQuery, settings: EvalSettings, name: str, values: S
     "attributes": ...}}``; for ``edit_refine_strength``, edit accuracy on ``n`` validation edits, ``{value: {"overall": ...,
     kind: ...}}``. The held-out prompts and edits are not looked at."""
     require(name in TUNABLE, f"cannot tune {name!r}; choose one of {', '.join(TUNABLE)}")
-    scores = {}
+    trials = {value: EvalSettings(**{**asdict(settings), name: value}) for value in values}
     if name == "edit_refine_strength":
         triplets = validation_edits(n, settings.seed)
         sources, instructions = [render(t.source) for t in triplets], [t.instruction for t in triplets]
-        for value in values:
-            trial = EvalSettings(**{**asdict(settings), name: value})
-            scores[value] = edit_accuracy(zip(sources, instructions, image_conditioned(model, trial, sources, instructions)))
-        return scores
+        return {value: edit_accuracy(zip(sources, instructions, image_conditioned(model, trial, sources, instructions))) for value, trial in trials.items()}
     prompts = validation_prompts(n, settings.seed)
-    for value in values:
-        trial = EvalSettings(**{**asdict(settings), name: value})
+    scores = {}
+    for value, trial in trials.items():
         scored = score_generations(prompts, generate_heldout(model, trial, prompts))
         scores[value] = {"overall": scored["geneval"]["overall"], "consistency": scored["cross_scale_consistency"], "attributes": scored["attributes"]}
     return scores
