@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from hieraquery_core.checkpoint import load_checkpoint
+from hieraquery_core.model import HieraQuery
 from hieraquery_core.tiny import tiny_config
 from test_train_distributed import launch_two_cpu_processes
 from train import ablations, make_demo
@@ -187,3 +188,21 @@ def test_ablation_runs_go_through_the_trainer_and_are_reused(tmp_path):
     ablations.main([*argv, "--config", str(make_demo.CONFIG.parent / "shapesworld-demo-latent.json")])  # another base architecture: its own run cache
     latent = tmp_path / "runs" / "shapesworld-demo-latent-steps1-batch1" / "single-256-s0"
     assert load_checkpoint(latent / "final").config.codec.kind == "autoencoder_kl" and (run / "train.log").read_text() == log
+
+
+def test_ablation_variants_can_start_from_a_pretrained_dit(tmp_path):
+    argv = ["--variants", "single-256", "--seeds", "1", "--budget-steps", "1", "--batch", "1", "--eval-n", "6", "--eval-steps", "1", "--eval-flow-n", "4", "--threads", "1",
+            "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "ablations.md")]
+    ablations.main(argv)
+    pretrained = tmp_path / "runs" / "steps1-batch1" / "single-256-s0" / "final"
+    base = make_demo.demo_config(make_demo.CONFIG)
+    config = ablations.with_pretrained_dit(ablations.variant_config(base, ablations.VARIANTS[2]), pretrained)  # a three-scale variant
+    model, source = HieraQuery.from_config(config), load_checkpoint(pretrained)
+    assert model.config.scales != source.config.scales and model.config.dit.path == str((pretrained / "transformer").resolve())
+    started, trained = model.dit.state_dict(), source.dit.state_dict()
+    assert started.keys() == trained.keys() and all(torch.equal(started[k], trained[k]) for k in started)  # the DiT is the checkpoint's ...
+    fresh, kept = model.connector.state_dict(), source.connector.state_dict()
+    assert not all(torch.equal(fresh[k], kept[k]) for k in fresh)  # ... the connector is not
+    ablations.main([*argv, "--init-dit", str(pretrained)])  # runs from a pretrained DiT have their own cache, and the report says so
+    assert (tmp_path / "runs" / "dit-final-steps1-batch1" / "single-256-s0" / "result.json").is_file()
+    assert f"the DiT initialised from `{pretrained}`" in (tmp_path / "ablations.md").read_text()

@@ -18,6 +18,11 @@ Each (variant, seed) is one run of the trainer (:func:`train.train.train`, stage
 demo recipe of :func:`train.make_demo.stage_config`) in ``runs/ablations/steps<N>-batch<B>/<variant>-s<seed>``.
 Runs are resumable: a finished run's ``result.json`` is reused, an interrupted one continues from its newest
 checkpoint. Under ``accelerate launch`` every process trains and the main process scores and writes the report.
+
+``--init-dit CHECKPOINT`` starts every variant's DiT from that checkpoint's ``transformer/`` (queries, connector and
+alignment projector still start fresh), as the paper initialises its DiT from a pretrained text-to-image model
+(SD3-Medium or SANA-1.6B, section 4.1) rather than from scratch; the runs are then cached under the checkpoint's
+folder name. docs/demo-and-ablations.md section 4 says which DiT the committed table started from and why.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import numpy as np
 import torch
 
 from hieraquery_core.checkpoint import load_checkpoint
-from hieraquery_core.config import HieraQueryConfig, ScaleSpec
+from hieraquery_core.config import BackboneSpec, HieraQueryConfig, ScaleSpec
 from hieraquery_core.shapesworld import CATEGORIES
 from train.evaluate import EvalSettings, evaluate_model
 from train.make_demo import CONFIG, ROOT, add_eval_arguments, add_recipe_arguments, demo_config, eval_settings, launch_state, stage_config
@@ -83,6 +88,16 @@ def variant_config(base: HieraQueryConfig, variant: Variant) -> HieraQueryConfig
     return config
 
 
+def with_pretrained_dit(base: HieraQueryConfig, checkpoint: Path) -> HieraQueryConfig:
+    """``base`` with its DiT loaded from ``checkpoint``'s ``transformer/`` folder (a HieraQuery checkpoint) or from
+    ``checkpoint`` itself (a diffusers transformer folder); the DiT kind is the checkpoint's."""
+    folder = checkpoint / "transformer" if (checkpoint / "transformer").is_dir() else checkpoint
+    kind = HieraQueryConfig.load(checkpoint / "config.json").dit.kind if (checkpoint / "config.json").is_file() else base.dit.kind
+    config = copy.deepcopy(base)
+    config.dit = BackboneSpec(kind, path=str(folder.resolve()))
+    return config
+
+
 def run_variant(variant: Variant, seed: int, base: HieraQueryConfig, args: argparse.Namespace, settings: EvalSettings, runs: Path, state) -> dict | None:
     """Train one (variant, seed) text-to-image for ``args.budget_steps`` x ``args.batch`` and score it (main process;
     the others get None); cached in result.json."""
@@ -123,16 +138,17 @@ def table(results: dict[str, list[dict]], which: str) -> list[str]:
     return lines
 
 
-def write_report(results: dict[str, list[dict]], out: Path, command: str, steps: int, batch: int, processes: int, settings: EvalSettings) -> None:
+def write_report(results: dict[str, list[dict]], out: Path, command: str, steps: int, batch: int, processes: int, settings: EvalSettings,
+                 architecture: str) -> None:
     minutes = sum(r["train_seconds"] for runs in results.values() for r in runs) / 60
     lines = [
         "# HieraQuery ablations on ShapesWorld (paper Tables 3 and 4 in miniature)",
         "",
         f"Command: `{command}`",
         "",
-        f"Budget per run: {steps} text-to-image steps x batch {batch} x {processes} process(es) ({steps * batch * processes} images), demo architecture "
-        f"(`train/configs/shapesworld-demo.json`), frozen ShapesWorld MLLM. Scored on {settings.n} held-out prompts "
-        f"({settings.steps} sampling steps per scale, guidance {settings.guidance}); mean ± standard deviation over seeds. "
+        f"Budget per run: {steps} text-to-image steps x batch {batch} x {processes} process(es) ({steps * batch * processes} images), "
+        f"{architecture}, frozen ShapesWorld MLLM. Scored on {settings.n} held-out prompts "
+        f"({settings.steps} sampling steps per scale, guidance {settings.guidance}, refine strength {settings.refine_strength:g}); mean ± standard deviation over seeds. "
         f"Time, training + scoring, all runs: {minutes:.1f} min.",
         "",
         "Read a difference only where it exceeds the spread over seeds. GenEval stays 0 until a model paints recognisable "
@@ -163,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", default=",".join(v.name for v in VARIANTS), help="comma-separated subset")
     parser.add_argument("--config", type=Path, default=CONFIG,
                         help="the base architecture (default: the pixel-space demo's; e.g. train/configs/shapesworld-demo-latent.json); runs of another config are kept under its name")
+    parser.add_argument("--init-dit", type=Path, default=None,
+                        help="start every variant's DiT from this checkpoint's transformer/ (the paper starts from a pretrained DiT); default: from scratch")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "ablations")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "ablations.md")
     args = parser.parse_args(argv)
@@ -170,12 +188,19 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(chosen) - {v.name for v in VARIANTS})
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {[v.name for v in VARIANTS]}")
+    if args.init_dit is not None and not args.init_dit.is_dir():
+        parser.error(f"--init-dit {args.init_dit} is not a folder; give a HieraQuery checkpoint folder (with transformer/) or a diffusers transformer folder")
     torch.set_num_threads(args.threads)
     quiet_libraries()
     state = launch_state()
     base = demo_config(args.config)
-    settings = eval_settings(args, n_edits=0)
+    architecture = f"the architecture of `{args.config.name}`"
     prefix = "" if args.config.resolve() == CONFIG.resolve() else f"{args.config.stem}-"
+    if args.init_dit is not None:
+        base = with_pretrained_dit(base, args.init_dit)
+        architecture += f", the DiT initialised from `{args.init_dit}`"
+        prefix += f"dit-{args.init_dit.resolve().name}-"
+    settings = eval_settings(args, n_edits=0)
     runs = args.runs / f"{prefix}steps{args.budget_steps}-batch{args.batch}"
     results: dict[str, list[dict]] = {}
     for variant in (v for v in VARIANTS if v.name in chosen):
@@ -185,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             results.setdefault(variant.name, []).append(report)
             print(f"{variant.name} seed {seed}: overall {report['geneval']['overall']:.3f}", flush=True)
-            write_report(results, args.out, "python -m train.ablations " + " ".join(sys.argv[1:] if argv is None else argv), args.budget_steps, args.batch, state.num_processes, settings)
+            write_report(results, args.out, "python -m train.ablations " + " ".join(sys.argv[1:] if argv is None else argv), args.budget_steps, args.batch, state.num_processes, settings,
+                         architecture)
 
 
 if __name__ == "__main__":
