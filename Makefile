@@ -37,7 +37,8 @@ bench-smoke: venv
 
 ## Retrain the bundled ShapesWorld demo checkpoint (CPU: about 1.9 hours): the latent-space text-to-image
 ## recipe in one cosine (3,600 steps; the bundled model had more, in three runs, see its stage.json), then the
-## edit stage with a DiT that also reads the source image (2,000 steps). Each publishes only if it beats the bundled model.
+## edit stage with a DiT that also reads the source image (2,000 steps; the bundled model had 8,000, in four runs).
+## Each publishes only if it beats the bundled model.
 demo-checkpoint: venv
 	$(BIN)/python -m train.make_demo --config train/configs/shapesworld-demo-latent.json --steps 3600,0,0 --refine-strength 0.2 --runs runs/demo
 	$(BIN)/python -m train.make_demo --init-from runs/demo/t2i/final --read-source --steps 0,0,2000 --lr 5e-4 --refine-strength 0.2 --runs runs/demo-edit
