@@ -43,9 +43,15 @@ demo-checkpoint: venv
 	$(BIN)/python -m train.make_demo --config train/configs/shapesworld-demo-latent.json --steps 3600,0,0 --refine-strength 0.2 --runs runs/demo
 	$(BIN)/python -m train.make_demo --init-from runs/demo/t2i/final --read-source --steps 0,0,2000 --lr 5e-4 --refine-strength 0.2 --runs runs/demo-edit
 
-## Regenerate the ablation table (paper Tables 3-4 in miniature) into results/.
+## Regenerate the ablation table (paper Tables 3-4 in miniature) into results/ablations.md: 7 variants x 3 seeds,
+## each 300 text-to-image steps from the DiT of the demo as committed in b372f31 (taken from git history, as the
+## paper starts from a pretrained DiT; docs/demo-and-ablations.md section 4). CPU: about 2.5 hours on one core.
+ABLATION_DIT := runs/init/demo-b372f31
 ablations: venv
-	$(BIN)/python -m train.ablations
+	rm -rf $(ABLATION_DIT) && mkdir -p $(dir $(ABLATION_DIT))
+	git archive --prefix=$(notdir $(ABLATION_DIT))/ b372f31:hieraquery_core/assets/shapesworld-demo | tar -x -C $(dir $(ABLATION_DIT))
+	$(BIN)/python -m train.ablations --config train/configs/shapesworld-demo-latent.json --init-dit $(ABLATION_DIT) --seeds 3 --budget-steps 300 \
+		--eval-n 120 --eval-steps 8 --threads 1 --out results/ablations.md
 
 clean:
 	rm -rf outputs .pytest_cache

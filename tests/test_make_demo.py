@@ -178,13 +178,22 @@ def test_ablation_runs_go_through_the_trainer_and_are_reused(tmp_path):
     run = tmp_path / "runs" / "steps1-batch1" / "single-256-s0"
     log = (run / "train.log").read_text()
     assert "stage t2i: 1 steps" in log and (run / "checkpoints" / "step-0000001").is_dir()
-    result = json.loads((run / "result.json").read_text())
+    [scores] = run.glob("result-*.json")
+    result = json.loads(scores.read_text())
     assert result["variant"] == "single-256" and result["num_queries"] == 256 and "overall" in result["geneval"]
     report = (tmp_path / "ablations.md").read_text()
     assert "| single-256 | 16x16@1x | 256 |" in report and result["flow_loss"]["n"] == 4
     assert f"| {result['flow_loss']['final']:.3f} | {result['flow_loss']['prompt_gain']:.3f} | 1 |" in report  # held-out flow loss and prompt gain columns
     ablations.main(argv)  # the finished run is reused, not trained again
     assert (run / "train.log").read_text() == log
+    trained = load_checkpoint(run / "final").state_dict()
+    ablations.main([*argv, "--refine-strength", "0.5"])  # other evaluation settings: scored again into a file of their own, not retrained
+    rescored = set(run.glob("result-*.json")) - {scores}
+    assert len(rescored) == 1 and json.loads(rescored.pop().read_text())["settings"]["refine_strength"] == 0.5
+    log = (run / "train.log").read_text()
+    assert "refine strength 0.5" in (tmp_path / "ablations.md").read_text() and "resumed at step 1" in log and log.count("stage t2i: 1 steps") == 2
+    after = load_checkpoint(run / "final").state_dict()
+    assert all(torch.equal(after[k], trained[k]) for k in trained) and json.loads(scores.read_text()) == result
     ablations.main([*argv, "--config", str(make_demo.CONFIG.parent / "shapesworld-demo-latent.json")])  # another base architecture: its own run cache
     latent = tmp_path / "runs" / "shapesworld-demo-latent-steps1-batch1" / "single-256-s0"
     assert load_checkpoint(latent / "final").config.codec.kind == "autoencoder_kl" and (run / "train.log").read_text() == log
@@ -204,5 +213,5 @@ def test_ablation_variants_can_start_from_a_pretrained_dit(tmp_path):
     fresh, kept = model.connector.state_dict(), source.connector.state_dict()
     assert not all(torch.equal(fresh[k], kept[k]) for k in fresh)  # ... the connector is not
     ablations.main([*argv, "--init-dit", str(pretrained)])  # runs from a pretrained DiT have their own cache, and the report says so
-    assert (tmp_path / "runs" / "dit-final-steps1-batch1" / "single-256-s0" / "result.json").is_file()
+    assert len(list((tmp_path / "runs" / "dit-final-steps1-batch1" / "single-256-s0").glob("result-*.json"))) == 1
     assert f"the DiT initialised from `{pretrained}`" in (tmp_path / "ablations.md").read_text()

@@ -16,8 +16,8 @@ Table 4 (scale combinations, with alignment as in the full method):
 
 Each (variant, seed) is one run of the trainer (:func:`train.train.train`, stage ``t2i`` on ShapesWorld, the
 demo recipe of :func:`train.make_demo.stage_config`) in ``runs/ablations/steps<N>-batch<B>/<variant>-s<seed>``.
-Runs are resumable: a finished run's ``result.json`` is reused, an interrupted one continues from its newest
-checkpoint. Under ``accelerate launch`` every process trains and the main process scores and writes the report.
+Runs are resumable: a finished run's scores (``result-<settings>.json``) are reused, an interrupted one continues
+from its newest checkpoint, and a finished one scored with other evaluation settings is only scored again. Under ``accelerate launch`` every process trains and the main process scores and writes the report.
 
 ``--init-dit CHECKPOINT`` starts every variant's DiT from that checkpoint's ``transformer/`` (queries, connector and
 alignment projector still start fresh), as the paper initialises its DiT from a pretrained text-to-image model
@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -98,11 +99,18 @@ def with_pretrained_dit(base: HieraQueryConfig, checkpoint: Path) -> HieraQueryC
     return config
 
 
+def scores_file(run: Path, settings: EvalSettings) -> Path:
+    """Where a run's scores under ``settings`` are cached. The same run scored with other settings (another refine
+    strength, more prompts) gets a file of its own, so a report never shows scores made with settings it does not name."""
+    key = hashlib.sha1(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:10]
+    return run / f"result-{key}.json"
+
+
 def run_variant(variant: Variant, seed: int, base: HieraQueryConfig, args: argparse.Namespace, settings: EvalSettings, runs: Path, state) -> dict | None:
     """Train one (variant, seed) text-to-image for ``args.budget_steps`` x ``args.batch`` and score it (main process;
-    the others get None); cached in result.json."""
+    the others get None); the scores are cached per evaluation settings, a finished training is resumed at its end."""
     out = runs / f"{variant.name}-s{seed}"
-    result_file = out / "result.json"
+    result_file = scores_file(out, settings)
     if result_file.is_file():
         return json.loads(result_file.read_text())
     start = time.time()
