@@ -17,7 +17,8 @@ Table 4 (scale combinations, with alignment as in the full method):
 Each (variant, seed) is one run of the trainer (:func:`train.train.train`, stage ``t2i`` on ShapesWorld, the
 demo recipe of :func:`train.make_demo.stage_config`) in ``runs/ablations/steps<N>-batch<B>/<variant>-s<seed>``.
 Runs are resumable: a finished run's scores (``result-<settings>.json``) are reused, an interrupted one continues
-from its newest checkpoint, and a finished one scored with other evaluation settings is only scored again. Under ``accelerate launch`` every process trains and the main process scores and writes the report.
+from its newest checkpoint, and a finished one scored with other evaluation settings is only scored again. Under
+``accelerate launch`` every process trains and the main process scores and writes the report.
 
 ``--init-dit CHECKPOINT`` starts every variant's DiT from that checkpoint's ``transformer/`` (queries, connector and
 alignment projector still start fresh), as the paper initialises its DiT from a pretrained text-to-image model
@@ -157,7 +158,7 @@ def write_report(results: dict[str, list[dict]], out: Path, command: str, steps:
         f"Budget per run: {steps} text-to-image steps x batch {batch} x {processes} process(es) ({steps * batch * processes} images), "
         f"{architecture}, frozen ShapesWorld MLLM. Scored on {settings.n} held-out prompts "
         f"({settings.steps} sampling steps per scale, guidance {settings.guidance}, refine strength {settings.refine_strength:g}); mean ± standard deviation over seeds. "
-        f"Time, training + scoring, all runs: {minutes:.1f} min.",
+        f"Time recorded with the scores, all runs: {minutes:.1f} min (training and scoring, or only the scoring where a finished run was scored again).",
         "",
         "Read a difference only where it exceeds the spread over seeds. GenEval stays 0 until a model paints recognisable "
         "shapes; the held-out flow loss (the training objective on held-out prompts and scenes at fixed noise levels, lower is "
