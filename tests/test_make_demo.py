@@ -199,7 +199,10 @@ def test_ablation_runs_go_through_the_trainer_and_are_reused(tmp_path):
     assert load_checkpoint(latent / "final").config.codec.kind == "autoencoder_kl" and (run / "train.log").read_text() == log
 
 
-def test_ablation_variants_can_start_from_a_pretrained_dit(tmp_path):
+def test_ablation_variants_can_start_from_a_pretrained_dit(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        ablations.main(["--init-dit", str(tmp_path / "missing")])
+    assert f"--init-dit {tmp_path / 'missing'} is not a folder" in capsys.readouterr().err  # one clear error before any run starts
     argv = ["--variants", "single-256", "--seeds", "1", "--budget-steps", "1", "--batch", "1", "--eval-n", "6", "--eval-steps", "1", "--eval-flow-n", "4", "--threads", "1",
             "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "ablations.md")]
     ablations.main(argv)
