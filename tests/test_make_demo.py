@@ -213,6 +213,8 @@ def test_ablation_variants_can_start_from_a_pretrained_dit(tmp_path, capsys):
     assert model.config.scales != source.config.scales and model.config.dit.path == str((pretrained / "transformer").resolve())
     started, trained = model.dit.state_dict(), source.dit.state_dict()
     assert started.keys() == trained.keys() and all(torch.equal(started[k], trained[k]) for k in started)  # the DiT is the checkpoint's ...
+    from_folder = HieraQuery.from_config(ablations.with_pretrained_dit(config, pretrained / "transformer")).dit.state_dict()  # or a diffusers folder
+    assert from_folder.keys() == trained.keys() and all(torch.equal(from_folder[k], trained[k]) for k in trained)
     fresh, kept = model.connector.state_dict(), source.connector.state_dict()
     assert not all(torch.equal(fresh[k], kept[k]) for k in fresh)  # ... the connector is not
     ablations.main([*argv, "--init-dit", str(pretrained)])  # runs from a pretrained DiT have their own cache, and the report says so

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hieraquery_core.checkpoint import load_checkpoint
+from hieraquery_core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, check_checkpoint_folder, load_checkpoint
 from hieraquery_core.config import BackboneSpec, HieraQueryConfig, ScaleSpec
 from hieraquery_core.shapesworld import CATEGORIES
 from train.evaluate import EvalSettings, evaluate_model
@@ -91,10 +91,13 @@ def variant_config(base: HieraQueryConfig, variant: Variant) -> HieraQueryConfig
 
 
 def with_pretrained_dit(base: HieraQueryConfig, checkpoint: Path) -> HieraQueryConfig:
-    """``base`` with its DiT loaded from ``checkpoint``'s ``transformer/`` folder (a HieraQuery checkpoint) or from
-    ``checkpoint`` itself (a diffusers transformer folder); the DiT kind is the checkpoint's."""
-    folder = checkpoint / "transformer" if (checkpoint / "transformer").is_dir() else checkpoint
-    kind = HieraQueryConfig.load(checkpoint / "config.json").dit.kind if (checkpoint / "config.json").is_file() else base.dit.kind
+    """``base`` with its DiT loaded from a HieraQuery checkpoint's DiT folder (the kind and folder its config names)
+    or from ``checkpoint`` itself, a diffusers transformer folder of ``base``'s DiT kind."""
+    if (checkpoint / WEIGHTS_NAME).is_file():
+        dit = HieraQueryConfig.load(check_checkpoint_folder(checkpoint) / CONFIG_NAME).dit
+        kind, folder = dit.kind, checkpoint / dit.path
+    else:
+        kind, folder = base.dit.kind, checkpoint
     config = copy.deepcopy(base)
     config.dit = BackboneSpec(kind, path=str(folder.resolve()))
     return config
