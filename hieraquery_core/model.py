@@ -9,7 +9,8 @@ Training (section 4.2) sums a rectified-flow loss over the scales, each scale's 
 at that scale's resolution, plus the weighted multi-scale representation alignment loss (section 3.2).
 Conditions are dropped for classifier-free guidance as MetaQuery does: the prompt becomes empty with
 probability ``prompt_dropout`` and, where there are input images (editing, reconstruction), they become
-black with probability ``image_dropout``.
+black with probability ``image_dropout`` (optionally a dropped prompt keeps the input image as the target:
+``HieraQueryConfig.dropped_prompt_keeps_image``).
 
 Project extension (not in the paper, off unless the DiT is widened): the DiT may also read the input image's
 latents at each scale (:meth:`HieraQuery.read_source`, InstructPix2Pix's concatenation), so an edit can keep
@@ -179,16 +180,26 @@ class HieraQuery(nn.Module):
         """Eq. 5's g_theta(H): per-scale DiT conditions."""
         return self.connector(states)
 
-    def drop_conditions(self, batch: TrainingBatch, generator: torch.Generator | None) -> tuple[list[str], ImageList | None]:
-        """Classifier-free-guidance dropout: empty prompts and black input images (MetaQuery's recipe)."""
+    def drop_conditions(self, batch: TrainingBatch, generator: torch.Generator | None) -> TrainingBatch:
+        """Classifier-free-guidance dropout: empty prompts and black input images (MetaQuery's recipe).
+
+        With ``config.dropped_prompt_keeps_image``, a sample whose prompt is dropped and whose input image is
+        kept gets that image as its target: "no instruction" then means "change nothing", stage 2's
+        reconstruction, and text guidance pushes along exactly the instructed change."""
         n = len(batch.prompts)
         drop_prompt = torch.rand(n, generator=generator) < self.config.prompt_dropout
         drop_image = torch.rand(n, generator=generator) < self.config.image_dropout
         prompts = ["" if d else p for p, d in zip(batch.prompts, drop_prompt.tolist())]
         if batch.images is None:
-            return prompts, None
+            return TrainingBatch(prompts, batch.targets, None)
         images = [[torch.zeros_like(img) for img in imgs] if d else list(imgs) for imgs, d in zip(batch.images, drop_image.tolist())]
-        return prompts, images
+        targets = batch.targets
+        if self.config.dropped_prompt_keeps_image:
+            keep = [i for i, imgs in enumerate(batch.images) if len(imgs) and drop_prompt[i] and not drop_image[i]]
+            if keep:
+                targets = targets.clone()
+                targets[keep] = torch.stack([resize(batch.images[i][0][None], tuple(targets.shape[-2:]))[0] for i in keep]).to(targets)
+        return TrainingBatch(prompts, targets, images)
 
     def training_loss(self, batch: TrainingBatch, generator: torch.Generator | None = None, sigma: float | None = None, dropout: bool = True) -> LossOutput:
         """Sum over scales of the flow-matching loss, plus alignment.weight x the alignment losses.
@@ -196,11 +207,12 @@ class HieraQuery(nn.Module):
         ``sigma`` fixes every sample's noise level (instead of drawing it) and ``dropout=False`` keeps every
         prompt and image: with a seeded ``generator`` that is a deterministic held-out loss (train/evaluate.py).
         """
+        if dropout:
+            batch = self.drop_conditions(batch, generator)
         targets = batch.targets.to(self.device)
-        prompts, images = self.drop_conditions(batch, generator) if dropout else (list(batch.prompts), batch.images)
-        conditions = self.condition(self.encode(prompts, images))
+        conditions = self.condition(self.encode(list(batch.prompts), batch.images))
         features = self.mllm.vision_features(targets) if self.aligner is not None else None
-        return self.scale_losses(conditions, targets, generator, sigma, features, images)
+        return self.scale_losses(conditions, targets, generator, sigma, features, batch.images)
 
     def scale_losses(self, conditions: list[ScaleCondition], targets: torch.Tensor, generator: torch.Generator | None = None,
                      sigma: float | None = None, features: torch.Tensor | None = None, images: ImageList | None = None) -> LossOutput:

@@ -154,11 +154,29 @@ def test_condition_dropout_empties_prompts_and_blackens_images():
     model = make_model()
     model.config.prompt_dropout = model.config.image_dropout = 1.0
     batch = batch_for(model)
-    prompts, images = model.drop_conditions(batch, torch.Generator().manual_seed(0))
-    assert prompts == ["", ""] and all(img[0].abs().sum() == 0 for img in images)
+    dropped = model.drop_conditions(batch, torch.Generator().manual_seed(0))
+    assert dropped.prompts == ["", ""] and all(img[0].abs().sum() == 0 for img in dropped.images)
+    assert torch.equal(dropped.targets, batch.targets)
     model.config.prompt_dropout = model.config.image_dropout = 0.0
-    prompts, images = model.drop_conditions(batch, None)
-    assert prompts == batch.prompts and torch.equal(images[0][0], batch.images[0][0])
+    kept = model.drop_conditions(batch, None)
+    assert kept.prompts == batch.prompts and torch.equal(kept.images[0][0], batch.images[0][0]) and torch.equal(kept.targets, batch.targets)
+
+
+@pytest.mark.parametrize("keeps_image", [False, True])
+def test_a_dropped_instruction_trains_towards_the_input_image_only_when_configured(keeps_image):
+    """``dropped_prompt_keeps_image``: prompt dropped, image kept -> the target is the input image (stage 2's
+    reconstruction); off (MetaQuery / InstructPix2Pix) the target stays the edited image."""
+    model = make_model()
+    model.config.dropped_prompt_keeps_image = keeps_image
+    model.config.prompt_dropout, model.config.image_dropout = 1.0, 0.0
+    batch = batch_for(model)
+    batch.images[1] = []  # a text-to-image sample replayed in the batch: no input image, its target stays
+    out = model.drop_conditions(batch, torch.Generator().manual_seed(0))
+    assert out.prompts == ["", ""]
+    assert torch.equal(out.targets[0], batch.images[0][0] if keeps_image else batch.targets[0])
+    assert torch.equal(out.targets[1], batch.targets[1])
+    model.config.image_dropout = 1.0  # image dropped too: the unconditional branch keeps the real target
+    assert torch.equal(model.drop_conditions(batch, torch.Generator().manual_seed(0)).targets, batch.targets)
 
 
 def test_training_noise_levels_follow_the_configured_logit_normal():

@@ -100,6 +100,7 @@ class TrainConfig:
     ema_decay: float = 0.0
     timestep_logit_mean: float | None = None
     timestep_logit_std: float | None = None
+    dropped_prompt_keeps_image: bool | None = None
     buckets: bool = True
     image_size: int | None = None
     max_aspect: float = MAX_ASPECT_RATIO
@@ -122,9 +123,11 @@ class TrainConfig:
         require(0 <= self.ema_decay < 1, f"--ema-decay {self.ema_decay} must be in [0, 1) (0: no moving average; 0.999 is usual)")
         require(self.timestep_logit_std is None or self.timestep_logit_std > 0, f"--timestep-logit-std {self.timestep_logit_std} must be positive (SD3 uses 1.0)")
 
-    def noise_overrides(self) -> dict[str, float]:
-        """The model-config fields that --timestep-logit-mean/--timestep-logit-std replace (those given)."""
-        given = {"timestep_logit_mean": self.timestep_logit_mean, "timestep_logit_std": self.timestep_logit_std}
+    def config_overrides(self) -> dict[str, Any]:
+        """The model-config fields that --timestep-logit-mean, --timestep-logit-std and --dropped-prompt-keeps-image
+        replace (those given)."""
+        given = {"timestep_logit_mean": self.timestep_logit_mean, "timestep_logit_std": self.timestep_logit_std,
+                 "dropped_prompt_keeps_image": self.dropped_prompt_keeps_image}
         return {k: v for k, v in given.items() if v is not None}
 
 
@@ -184,7 +187,8 @@ def config_base_dir(config: HieraQueryConfig, config_path: Path) -> Path | None:
     return None
 
 
-COMPARED = ("scales", "image_size", "alignment", "timestep_sampling", "timestep_logit_mean", "timestep_logit_std", "prompt_dropout", "image_dropout")
+COMPARED = ("scales", "image_size", "alignment", "timestep_sampling", "timestep_logit_mean", "timestep_logit_std", "prompt_dropout", "image_dropout",
+            "dropped_prompt_keeps_image")
 
 
 def architecture(config: HieraQueryConfig) -> dict[str, Any]:
@@ -345,7 +349,7 @@ class Trainer:
             base_dir = config_base_dir(wanted, config_path)
         elif cfg.init_from:
             wanted = HieraQueryConfig.load(resolve_model_folder(cfg.init_from) / CONFIG_NAME)
-        overrides = cfg.noise_overrides()
+        overrides = cfg.config_overrides()
         if wanted is not None:
             wanted = dataclasses.replace(wanted, **overrides)
         if resume_dir is not None:
@@ -357,7 +361,7 @@ class Trainer:
             return load_checkpoint(folder)
         if cfg.init_from:
             folder = resolve_model_folder(cfg.init_from)
-            self.log(f"initialising from {folder}" + (f" (noise levels: {overrides})" if overrides else ""))
+            self.log(f"initialising from {folder}" + (f" (config: {overrides})" if overrides else ""))
             model = load_checkpoint(folder)
             model.config = dataclasses.replace(model.config, **overrides)
             if cfg.mllm:
@@ -763,6 +767,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timestep-logit-mean", type=float,
                    help="training noise levels are sigmoid(N(mean, std)) (SD3's logit-normal); a positive mean trains nearer pure noise (default: the model config's, 0)")
     p.add_argument("--timestep-logit-std", type=float, help="the std of that normal (default: the model config's, 1)")
+    p.add_argument("--dropped-prompt-keeps-image", action="store_true", default=None,
+                   help="a sample whose prompt is dropped for guidance but whose input image is kept trains towards that image "
+                        "(\"no instruction\" = reconstruction) instead of its target; saved in the model config (default: the config's, off)")
     p.add_argument("--no-buckets", dest="buckets", action="store_false", help="square image_size crops instead of aspect-ratio buckets")
     p.add_argument("--image-size", type=int, help="bucket area image_size^2 (default: the model's config.image_size)")
     p.add_argument("--max-aspect", type=float, default=d.max_aspect)
