@@ -49,6 +49,8 @@ def test_random_model_scores_low_and_the_report_is_complete():
     report = evaluate_model(model, EvalSettings(n=6, n_edits=4, batch=6, steps=2, flow_n=6))
     assert report["geneval"]["overall"] < 0.35
     assert report["edit_accuracy"]["overall"] < 0.5
+    for kind, shares in report["edit_outcomes"].items():  # every edit sorted into one outcome, matching the accuracy
+        assert sum(shares.values()) == pytest.approx(1.0) and shares["correct"] == pytest.approx(report["edit_accuracy"][kind])
     recon = report["reconstruction_accuracy"]
     assert set(recon) == {"in_place", "objects"} and recon["in_place"] <= recon["objects"] < 0.5
     assert set(report["overall_by_scale"]) == {"16", "32", "64"}

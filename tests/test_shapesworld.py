@@ -335,6 +335,7 @@ def test_edit_triplets_scored():
         src, tgt = sw.render(e.source), sw.render(e.target)
         assert sw.edit_correct(src, e.instruction, tgt), e
         assert not sw.edit_correct(src, e.instruction, src), e  # nothing changed
+        assert sw.edit_outcome(src, e.instruction, src) == "change not made" and sw.edit_outcome(src, e.instruction, tgt) == "correct", e
         ins = sw.parse_instruction(e.instruction)
         if ins.kind == "recolor":
             wrong = [c for c in spec.COLORS if c not in (ins.color, ins.new_color)][0]
@@ -371,6 +372,38 @@ def test_reconstruction_scored_in_place_and_anywhere():
     assert acc == {"in_place": 0.5, "objects": 0.75}
     with pytest.raises(ValueError, match="no pairs"):
         sw.reconstruction_accuracy([])
+
+
+def test_edit_outcome_says_which_half_of_a_failed_edit_failed():
+    """``edit_outcome``: the instructed change vs the rest of the picture (the demo's recolour failures pick the
+    wrong object: "both wrong")."""
+    s = sw.Scene([obj("red", "circle", 5, 5), obj("blue", "square", 40, 5), obj("green", "triangle", 5, 40)])
+    src = sw.render(s)
+    scene = lambda *objects, style="filled": sw.render(sw.Scene(list(objects), style))
+    red, blue, green = s.objects
+    cases = {
+        "make the red circle yellow": {"correct": scene(red.with_color("yellow"), blue, green),
+                                       "change not made": src,
+                                       "rest changed": scene(red.with_color("yellow"), blue.with_color("yellow"), green),
+                                       "both wrong": scene(red, blue.with_color("yellow"), green)},
+        "remove the blue square": {"correct": scene(red, green), "change not made": src,
+                                   "rest changed": scene(red, green, style="outline"), "both wrong": scene(red, blue)},
+        "add a purple circle": {"correct": scene(red, blue, green, obj("purple", "circle", 40, 40)), "change not made": src,
+                                "rest changed": scene(blue, green, obj("purple", "circle", 40, 40)),
+                                "both wrong": scene(blue, green, obj("orange", "circle", 40, 40))},
+        "make it outline style": {"correct": scene(red, blue, green, style="outline"), "change not made": src,
+                                  "rest changed": scene(red, blue, style="outline"), "both wrong": scene(red, blue)},
+    }
+    for instruction, outputs in cases.items():
+        for outcome, output in outputs.items():
+            assert sw.edit_outcome(src, instruction, output) == outcome, (instruction, outcome)
+            assert sw.edit_correct(src, instruction, output) == (outcome == "correct")
+    shares = sw.edit_outcomes([(src, "make the red circle yellow", src), (src, "make the red circle yellow", cases["make the red circle yellow"]["correct"]),
+                               (src, "remove the blue square", src)])
+    assert shares["recolor"] == {"correct": 0.5, "change not made": 0.5, "rest changed": 0.0, "both wrong": 0.0}
+    assert shares["remove"]["change not made"] == 1.0 and set(shares) == {"recolor", "remove"}
+    with pytest.raises(ValueError, match="no results"):
+        sw.edit_outcomes([])
 
 
 def test_edit_instructions_apply_and_fail_clearly():

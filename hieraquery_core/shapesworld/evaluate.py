@@ -35,7 +35,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from . import spec
-from .edits import check_instruction, find_named, parse_instruction
+from .edits import Instruction, check_instruction, find_named, parse_instruction
 from .prompts import parse_prompt
 from .render import downscale
 from .scene import BoxCentre
@@ -304,22 +304,70 @@ def edit_correct(source_image: np.ndarray, instruction: str, target_image: np.nd
     object or several, ...): that is a bad benchmark item, not a wrong model output.
     """
     src = parse_image(source_image)
-    tgt = parse_image(target_image)
+    _, expected, style, _ = _expected_after(src, instruction)
+    return _matches(parse_image(target_image), expected, style, tolerance)
+
+
+def _expected_after(src: Sequence[DetectedObject], instruction: str) -> tuple[Instruction, list[tuple[str, str, tuple[int, int, int, int] | None]], str, int | None]:
+    """The parsed instruction and what a correct edit of the parsed source holds: (colour, shape, box or None
+    for "anywhere") per object, the image's style, and the index of the named source object (recolor,
+    remove; else None)."""
     ins = check_instruction(src, instruction)
-    src_style = src[0].style if src else spec.DEFAULT_STYLE
-    # expected target: list of (color, shape, box or None for "anywhere")
+    style = src[0].style if src else spec.DEFAULT_STYLE
     expected: list[tuple[str, str, tuple[int, int, int, int] | None]] = [(o.color, o.shape, o.box) for o in src]
-    style = src_style
+    named = find_named(src, ins.color, ins.shape, instruction) if ins.kind in ("recolor", "remove") else None  # type: ignore[arg-type]
     if ins.kind == "restyle":
         style = ins.style  # type: ignore[assignment]
     elif ins.kind == "recolor":
-        i = find_named(src, ins.color, ins.shape, instruction)  # type: ignore[arg-type]
-        expected[i] = (ins.new_color, expected[i][1], expected[i][2])  # type: ignore[assignment]
+        expected[named] = (ins.new_color, expected[named][1], expected[named][2])  # type: ignore[index, assignment]
     elif ins.kind == "remove":
-        del expected[find_named(src, ins.color, ins.shape, instruction)]  # type: ignore[arg-type]
+        del expected[named]  # type: ignore[arg-type]
     else:
         expected.append((ins.color, ins.shape, None))  # type: ignore[arg-type]
-    return _matches(tgt, expected, style, tolerance)
+    return ins, expected, style, named
+
+
+EDIT_OUTCOMES = ("correct", "change not made", "rest changed", "both wrong")
+""":func:`edit_outcome`'s answers."""
+
+
+def edit_outcome(source_image: np.ndarray, instruction: str, output_image: np.ndarray,
+                 tolerance: float = EDIT_POSITION_TOLERANCE) -> str:
+    """Which half of an edit failed, one of :data:`EDIT_OUTCOMES` (a diagnostic beside :func:`edit_correct`).
+
+    The *change* is the instruction's own part: the named object recoloured in place, gone, a new object of
+    the named colour and shape, or (restyle) every object in the new style. The *rest* is everything else:
+    every other source object kept (colour, shape, style, in place) and nothing extra. "change not made"
+    with the rest intact is an instruction not followed (or the wrong object picked, which also changes the
+    rest: "both wrong"); "rest changed" is collateral damage around a change that was made.
+    """
+    src, out = parse_image(source_image), parse_image(output_image)
+    if edit_correct(source_image, instruction, output_image, tolerance):
+        return "correct"
+    ins, expected, style, named = _expected_after(src, instruction)
+    unused = list(out)
+
+    def take(color: str, shape: str, box: tuple[int, int, int, int] | None, want_style: str | None) -> bool:
+        for o in unused:
+            if o.color == color and o.shape == shape and (want_style is None or o.style == want_style) and (box is None or same_place(o.box, box, tolerance)):
+                unused.remove(o)
+                return True
+        return False
+
+    rest_kept = all([take(o.color, o.shape, o.box, None if ins.kind == "restyle" else style) for i, o in enumerate(src) if i != named])
+    if ins.kind == "restyle":
+        change = all(o.style == style for o in out)
+    elif ins.kind == "add":  # a new object of the named colour and shape, anywhere
+        change = take(*expected[-1], style)
+    else:  # recolor, remove: what is left where the named object was is the named object's, not an extra
+        x0, y0, x1, y1 = src[named].box  # type: ignore[index]
+        there = [o for o in unused if x0 <= o.cx <= x1 and y0 <= o.cy <= y1]
+        unused = [o for o in unused if o not in there]
+        change = not there if ins.kind == "remove" else any(
+            (o.color, o.shape, o.style) == (ins.new_color, src[named].shape, style) and same_place(o.box, src[named].box, tolerance) for o in there)
+    if change:
+        return "rest changed"
+    return "change not made" if rest_kept and not unused else "both wrong"
 
 
 def _matches(tgt: Sequence[DetectedObject], expected: Sequence[tuple[str, str, tuple[int, int, int, int] | None]],
@@ -375,6 +423,17 @@ def edit_accuracy(results: Iterable[tuple[np.ndarray, str, np.ndarray]]) -> dict
     out = {k: float(np.mean(by_kind[k])) for k in spec.EDIT_KINDS if k in by_kind}
     out["overall"] = float(np.mean([x for v in by_kind.values() for x in v]))
     return out
+
+
+def edit_outcomes(results: Iterable[tuple[np.ndarray, str, np.ndarray]]) -> dict[str, dict[str, float]]:
+    """Of (source_image, instruction, output_image) results: per edit kind, the share of each
+    :func:`edit_outcome` (which half of the failed edits failed)."""
+    by_kind: dict[str, Counter] = defaultdict(Counter)
+    for source, instruction, output in results:
+        by_kind[parse_instruction(instruction).kind][edit_outcome(source, instruction, output)] += 1
+    if not by_kind:
+        raise ValueError("no results to score")
+    return {k: {o: by_kind[k][o] / sum(by_kind[k].values()) for o in EDIT_OUTCOMES} for k in spec.EDIT_KINDS if k in by_kind}
 
 
 # --- scales --------------------------------------------------------------------------------
