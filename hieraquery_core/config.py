@@ -115,7 +115,7 @@ class HieraQueryConfig:
     """Project extension (off: MetaQuery's and InstructPix2Pix's recipe): a sample whose prompt is dropped but
     whose input image is kept trains towards that input image instead of its target, so the image-only
     guidance branch of editing learns stage 2's reconstruction (section 4.2) rather than an average edit;
-    ``HieraQuery.drop_conditions``, docs/design.md "Editing that keeps the picture"."""
+    ``HieraQuery.drop_conditions``, docs/design.md "What an empty instruction means"."""
     timestep_sampling: str = "logit_normal"
     timestep_logit_mean: float = 0.0
     timestep_logit_std: float = 1.0

@@ -342,9 +342,9 @@ def edit_outcome(source_image: np.ndarray, instruction: str, output_image: np.nd
     rest: "both wrong"); "rest changed" is collateral damage around a change that was made.
     """
     src, out = parse_image(source_image), parse_image(output_image)
-    if edit_correct(source_image, instruction, output_image, tolerance):
-        return "correct"
     ins, expected, style, named = _expected_after(src, instruction)
+    if _matches(out, expected, style, tolerance):  # edit_correct on the images parsed here
+        return "correct"
     unused = list(out)
 
     def take(color: str, shape: str, box: tuple[int, int, int, int] | None, want_style: str | None) -> bool:
