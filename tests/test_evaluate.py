@@ -14,7 +14,7 @@ from hieraquery_core.config import BackboneSpec, HieraQueryConfig
 from hieraquery_core.errors import HieraQueryError
 from hieraquery_core.model import HieraQuery
 from hieraquery_core.pipeline import HieraQueryPipeline, SamplingOptions
-from hieraquery_core.shapesworld import heldout_prompts
+from hieraquery_core.shapesworld import RELATIONS, heldout_prompts
 from hieraquery_core.tiny import tiny_config
 from train.ablations import VARIANTS, variant_config
 from train.evaluate import (EvalSettings, evaluate_ground_truth, evaluate_model, heldout_edits, heldout_flow_loss, main, score_generations,
@@ -51,6 +51,9 @@ def test_random_model_scores_low_and_the_report_is_complete():
     assert report["edit_accuracy"]["overall"] < 0.5
     for kind, shares in report["edit_outcomes"].items():  # every edit sorted into one outcome, matching the accuracy
         assert sum(shares.values()) == pytest.approx(1.0) and shares["correct"] == pytest.approx(report["edit_accuracy"][kind])
+    for kind, shares in report["edit_collateral"].items():  # recolours and removals only, a share (or None) per relation
+        assert kind in ("recolor", "remove") and kind in report["edit_accuracy"]
+        assert list(shares) == list(RELATIONS) and all(v is None or 0 <= v <= 1 for v in shares.values())
     recon = report["reconstruction_accuracy"]
     assert set(recon) == {"in_place", "objects"} and recon["in_place"] <= recon["objects"] < 0.5
     assert set(report["overall_by_scale"]) == {"16", "32", "64"}

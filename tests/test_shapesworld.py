@@ -406,6 +406,53 @@ def test_edit_outcome_says_which_half_of_a_failed_edit_failed():
         sw.edit_outcomes([])
 
 
+
+def test_edit_collateral_counts_changed_objects_by_their_relation_to_the_named_one():
+    """``edit_collateral``: of the unnamed objects, the share not kept, split into same colour / same shape / neither."""
+    s = sw.Scene([obj("red", "circle", 5, 5), obj("red", "square", 40, 5), obj("blue", "circle", 5, 40), obj("green", "triangle", 40, 40)])
+    src = sw.render(s)
+    red, red_sq, blue, green = s.objects
+    scene = lambda *objects, style="filled": sw.render(sw.Scene(list(objects), style))
+    # recolour the red circle: the red square (same colour) also recoloured, the blue circle (same shape) kept
+    by_colour = scene(red.with_color("yellow"), red_sq.with_color("yellow"), blue, green)
+    everything = scene(red.with_color("yellow"), red_sq.with_color("yellow"), blue.with_color("yellow"), green.with_color("yellow"))
+    got = sw.edit_collateral([(src, "make the red circle yellow", by_colour), (src, "make the red circle yellow", everything)])
+    assert got == {"recolor": {"same colour": 1.0, "same shape": 0.5, "neither": 0.5}}
+    # removal: the red square removed too, then a clean removal; restyled leftovers count as changed
+    got = sw.edit_collateral([(src, "remove the red circle", scene(blue, green)),
+                              (src, "remove the red circle", scene(red_sq, blue, green)),
+                              (src, "remove the red circle", scene(red_sq, blue, green, style="outline")),
+                              (src, "make it outline style", src)])  # restyle and add name no object: not counted
+    assert got == {"remove": {"same colour": pytest.approx(2 / 3), "same shape": pytest.approx(1 / 3), "neither": pytest.approx(1 / 3)}}
+    lone = sw.render(sw.Scene([obj("red", "circle", 5, 5), obj("blue", "square", 40, 5)]))
+    assert sw.edit_collateral([(lone, "remove the red circle", lone)]) == {"remove": {"same colour": None, "same shape": None, "neither": 0.0}}
+
+
+def test_edit_distractors_give_the_named_object_a_same_colour_neighbour():
+    """``edit_triplets(distractor_share=...)``: that share of recolours and removals needs the shape word; 0 is the spec's stream."""
+    from itertools import islice
+
+    from hieraquery_core.shapesworld.edits import shares_colour
+
+    plain = [t.instruction for t in islice(sw.edit_triplets(np.random.default_rng(3)), 40)]
+    assert [t.instruction for t in islice(sw.edit_triplets(np.random.default_rng(3), distractor_share=0.0), 40)] == plain
+
+    def distracted(share: float) -> list[bool]:
+        flags = []
+        for t in islice(sw.edit_triplets(np.random.default_rng(4), distractor_share=share), 300):
+            ins = sw.parse_instruction(t.instruction)
+            if ins.kind in ("recolor", "remove"):
+                named = [o for o in t.source.objects if (o.color, o.shape) == (ins.color, ins.shape)]
+                assert len(named) == 1  # still a valid instruction
+                flags.append(shares_colour(named[0], t.source))
+        return flags
+
+    assert all(distracted(1.0))
+    natural, half = np.mean(distracted(0.0)), np.mean(distracted(0.5))
+    assert natural < 0.4 and half > natural + 0.2
+    with pytest.raises(ValueError, match="distractor_share"):
+        next(sw.edit_triplets(np.random.default_rng(0), distractor_share=1.5))
+
 def test_edit_instructions_apply_and_fail_clearly():
     s = sw.Scene([obj("red", "circle", 5, 5), obj("blue", "square", 40, 5), obj("blue", "square", 5, 40)])
     t = sw.apply_instruction(s, "make the red circle green")

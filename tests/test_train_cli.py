@@ -146,6 +146,20 @@ def test_a_later_stage_replays_text_to_image_samples(data, capsys):
         assert main([*common, "--out", str(data / "edit-bad"), *bad]) == 2 and message in capsys.readouterr().err
 
 
+def test_edit_distractors_flag_is_recorded_checked_and_compared_on_resume(data, capsys):
+    out = data / "edit-distractors"
+    common = ["--stage", "edit", "--config", str(data / "cfg.json"), "--data", "shapesworld", "--shapesworld-samples", "4", "--out", str(out),
+              "--steps", "1", "--batch-size", "2", "--save-every", "1", "--no-progress"]
+    assert main([*common, "--edit-distractors", "0.5"]) == 0
+    assert json.loads((out / "run.json").read_text())["settings"]["edit_distractors"] == 0.5
+    capsys.readouterr()
+    assert main([*common, "--steps", "2", "--resume"]) == 2  # other triplets than the checkpoint's run
+    assert "edit_distractors 0.5 (now 0.0)" in capsys.readouterr().err
+    for bad, message in ((["--edit-distractors", "1.5"], "must be in [0, 1]"), (["--edit-distractors", "0.5", "--stage", "t2i"], "needs --stage edit and --data shapesworld"),
+                         (["--edit-distractors", "0.5", "--data", str(data / "edits")], "needs --stage edit and --data shapesworld")):
+        assert main([*common, "--out", str(data / "distractors-bad"), *bad]) == 2 and message in capsys.readouterr().err
+
+
 def test_mllm_flag_replaces_the_frozen_mllm_of_the_init_model(data, tmp_path, capsys):
     """``--init-from X --mllm DIR``: the run starts from X's trained parts with the MLLM in DIR (e.g. a retrained
     vision tower), and its checkpoints embed DIR's MLLM; one of other sizes, or --mllm with --config, is a one-line error."""

@@ -16,7 +16,8 @@ from tiny_models import make_model
 from train.data import (BucketBatchSampler, FileDataset, ReplayMix, SampleDataset, SkipCounter, Skipped, StreamBatches, bucket_step, collate,
                         fit_to_bucket, load_records, make_buckets, model_buckets, nearest_bucket, stage_sample)
 from train.optim import lr_curve, make_optimizer
-from train.shapesworld_data import ShapesWorldDataset, shapesworld_stream
+from hieraquery_core.shapesworld import edit_triplets
+from train.shapesworld_data import ShapesWorldDataset, sample_rng, shapesworld_stream
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -185,6 +186,11 @@ def test_shapesworld_samples_are_a_function_of_the_index():
     wrapped = SampleDataset(ds, "edit", [(32, 32)])
     item = wrapped[0]
     assert item["target"].shape == (3, 32, 32) and item["images"][0].shape == (3, 32, 32)
+    hard = ShapesWorldDataset("edit", 40, seed=3, edit_distractors=1.0)  # --edit-distractors reaches the triplets
+    for i in range(40):
+        expected = next(edit_triplets(sample_rng(3, "edit", i), distractor_share=1.0)).instruction
+        assert hard[i]["prompt"] == expected and ShapesWorldDataset("edit", 40, seed=3, edit_distractors=1.0)[i]["prompt"] == expected
+    assert [hard[i]["prompt"] for i in range(40)] != [ShapesWorldDataset("edit", 40, seed=3)[i]["prompt"] for i in range(40)]
 
 
 def test_generic_dataset_and_stream_samples_are_checked():

@@ -34,7 +34,7 @@ from hieraquery_core.errors import require
 from hieraquery_core.images import resize
 from hieraquery_core.model import HieraQuery
 from hieraquery_core.pipeline import HieraQueryPipeline, SamplingOptions
-from hieraquery_core.shapesworld import (CATEGORIES, attribute_accuracy, cross_scale_consistency, edit_accuracy, edit_outcomes, edit_triplets,
+from hieraquery_core.shapesworld import (CATEGORIES, attribute_accuracy, cross_scale_consistency, edit_accuracy, edit_collateral, edit_outcomes, edit_triplets,
                                          geneval, heldout_pairs, heldout_prompts, reconstruction_accuracy, render, render_scales, sample_prompt)
 from train.shapesworld_data import to_pixels
 
@@ -119,7 +119,8 @@ def image_conditioned(model: HieraQuery, settings: EvalSettings, sources: Sequen
 def evaluate_edits(model: HieraQuery, settings: EvalSettings) -> dict[str, dict]:
     """On held-out triplets: ``edit_accuracy`` (per kind + overall), ``edit_outcomes`` (per kind, which half of
     the failures failed: the instructed change or the rest of the picture,
-    :func:`~hieraquery_core.shapesworld.edit_outcome`) and ``reconstruction_accuracy`` of their source images
+    :func:`~hieraquery_core.shapesworld.edit_outcome`), ``edit_collateral`` (which other objects a recolour or
+    removal changed, by their relation to the named one, :func:`~hieraquery_core.shapesworld.edit_collateral`) and ``reconstruction_accuracy`` of their source images
     (stage 2's "output consistent with the input", section 4.2): the empty prompt + the image, i.e. the
     editing's image-only branch, which every edit builds on
     (:func:`~hieraquery_core.shapesworld.reconstruction_accuracy`: in place and anywhere)."""
@@ -127,7 +128,7 @@ def evaluate_edits(model: HieraQuery, settings: EvalSettings) -> dict[str, dict]
     sources = [render(t.source) for t in triplets]
     instructions = [t.instruction for t in triplets]
     results = list(zip(sources, instructions, image_conditioned(model, settings, sources, instructions)))
-    return {"edit_accuracy": edit_accuracy(results), "edit_outcomes": edit_outcomes(results),
+    return {"edit_accuracy": edit_accuracy(results), "edit_outcomes": edit_outcomes(results), "edit_collateral": edit_collateral(results),
             "reconstruction_accuracy": reconstruction_accuracy(zip(sources, image_conditioned(model, settings, sources, [""] * len(sources))))}
 
 

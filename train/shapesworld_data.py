@@ -10,7 +10,9 @@ bucket (e.g. area-downscaled for a 32 px test model).
   never appear: ``train_pairs`` skips them).
 - ``reconstruction``: the same pairs; the trainer makes the rendered scene both the MLLM's input image
   and the target (see :func:`train.data.stage_sample`).
-- ``edit``: ``edit_triplets`` -> {"prompt": instruction, "images": [render(source)], "target": render(target)}.
+- ``edit``: ``edit_triplets`` -> {"prompt": instruction, "images": [render(source)], "target": render(target)};
+  ``edit_distractors`` > 0 gives that share of the recolours and removals a same-colour distractor
+  (``--edit-distractors``; 0, the default, is the spec's distribution).
 
 The streams are disjoint from the evaluation streams of ``hieraquery_core.shapesworld.heldout_pairs``
 and ``train/evaluate.py`` (different entropy words).
@@ -42,10 +44,11 @@ def sample_rng(seed: int, stage: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, TRAIN_STREAM, STAGE_CODES[stage], index])
 
 
-def make_sample(stage: str, rng: np.random.Generator, categories: Sequence[str] = spec.CATEGORIES, edit_kinds: Sequence[str] = spec.EDIT_KINDS) -> dict[str, Any]:
+def make_sample(stage: str, rng: np.random.Generator, categories: Sequence[str] = spec.CATEGORIES, edit_kinds: Sequence[str] = spec.EDIT_KINDS,
+                edit_distractors: float = 0.0) -> dict[str, Any]:
     """One sample dict for ``stage`` drawn from ``rng``."""
     if stage == "edit":
-        triplet = next(edit_triplets(rng, edit_kinds))
+        triplet = next(edit_triplets(rng, edit_kinds, edit_distractors))
         return {"prompt": triplet.instruction, "target": to_pixels(render(triplet.target)), "images": [to_pixels(render(triplet.source))], "kind": triplet.kind}
     category, prompt, scene = next(train_pairs(rng, categories))
     return {"prompt": prompt, "target": to_pixels(render(scene)), "images": [], "category": category}
@@ -54,7 +57,8 @@ def make_sample(stage: str, rng: np.random.Generator, categories: Sequence[str] 
 class ShapesWorldDataset(torch.utils.data.Dataset):
     """``num_samples`` deterministic ShapesWorld samples of one stage (map-style, any index in any order)."""
 
-    def __init__(self, stage: str, num_samples: int = 100_000, seed: int = 0, categories: Sequence[str] = spec.CATEGORIES, edit_kinds: Sequence[str] = spec.EDIT_KINDS) -> None:
+    def __init__(self, stage: str, num_samples: int = 100_000, seed: int = 0, categories: Sequence[str] = spec.CATEGORIES, edit_kinds: Sequence[str] = spec.EDIT_KINDS,
+                 edit_distractors: float = 0.0) -> None:
         if stage not in STAGE_CODES:
             raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGE_CODES)}")
         self.stage = stage
@@ -62,6 +66,7 @@ class ShapesWorldDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.categories = tuple(categories)
         self.edit_kinds = tuple(edit_kinds)
+        self.edit_distractors = float(edit_distractors)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -72,7 +77,7 @@ class ShapesWorldDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
-        return make_sample(self.stage, sample_rng(self.seed, self.stage, index), self.categories, self.edit_kinds)
+        return make_sample(self.stage, sample_rng(self.seed, self.stage, index), self.categories, self.edit_kinds, self.edit_distractors)
 
 
 def shapesworld_dataset(stage: str, num_samples: int = 100_000, seed: int = 0, **kwargs) -> ShapesWorldDataset:

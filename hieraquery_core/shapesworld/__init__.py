@@ -6,7 +6,7 @@ Specification: ``/work/shared/notes/shapesworld-v1.md``; project decisions: ``do
 from . import spec
 from .edits import (EditTriplet, Instruction, apply_instruction, check_instruction, edit_triplets,
                     parse_instruction, sample_edit)
-from .evaluate import (DetectedObject, classify_shape, cross_scale_consistency, EDIT_OUTCOMES, edit_accuracy, edit_correct, edit_outcome, edit_outcomes,
+from .evaluate import (DetectedObject, classify_shape, cross_scale_consistency, EDIT_OUTCOMES, RELATIONS, edit_accuracy, edit_collateral, edit_correct, edit_outcome, edit_outcomes,
                        attribute_accuracy, geneval, label_components, parse_image, reconstruction_accuracy, reconstruction_correct,
                        scale_agreement, score_prompt)
 from .prompts import (ALL_PROMPTS, HELDOUT_PROMPTS, TRAIN_PROMPTS, ObjectSpec, Requirement, caption,
@@ -32,5 +32,5 @@ __all__ = [
     "Question", "parse_question", "answer_question", "sample_question", "question_pairs", "sample_caption",
     "sample_text_question", "sample_training_text",
     "DetectedObject", "label_components", "parse_image", "classify_shape", "score_prompt", "geneval", "attribute_accuracy",
-    "edit_correct", "edit_accuracy", "EDIT_OUTCOMES", "edit_outcome", "edit_outcomes", "reconstruction_correct", "reconstruction_accuracy", "scale_agreement", "cross_scale_consistency",
+    "edit_correct", "edit_accuracy", "EDIT_OUTCOMES", "edit_outcome", "edit_outcomes", "RELATIONS", "edit_collateral", "reconstruction_correct", "reconstruction_accuracy", "scale_agreement", "cross_scale_consistency",
 ]

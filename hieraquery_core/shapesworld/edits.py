@@ -167,8 +167,19 @@ def unique_objects(scene: Scene) -> list[SceneObject]:
     return [o for o in scene.objects if names.count(o.name) == 1]
 
 
-def sample_edit(rng: np.random.Generator, kind: str | None = None, outline_prob: float = 0.5) -> EditTriplet:
-    """A random valid edit triplet (kind uniform over recolor/remove/add/restyle unless given)."""
+def shares_colour(obj: SceneObject, scene: Scene) -> bool:
+    """Whether another object of ``scene`` has ``obj``'s colour (a distractor only the shape word tells apart)."""
+    return any(o is not obj and o.color == obj.color for o in scene.objects)
+
+
+def sample_edit(rng: np.random.Generator, kind: str | None = None, outline_prob: float = 0.5, distractor: bool = False) -> EditTriplet:
+    """A random valid edit triplet (kind uniform over recolor/remove/add/restyle unless given).
+
+    ``distractor`` (recolor and remove only; project option, not the spec's distribution): the named object
+    shares its colour with another object of the source (:func:`shares_colour`), so that the instruction's
+    shape word is needed to find it. See docs/demo-and-ablations.md section 3 ("which objects an edit
+    changes") for why colour and not shape.
+    """
     kind = kind if kind is not None else spec.EDIT_KINDS[int(rng.integers(len(spec.EDIT_KINDS)))]
     if kind not in spec.EDIT_KINDS:
         raise ValueError(f"unknown edit kind {kind!r}; expected one of {spec.EDIT_KINDS}")
@@ -181,7 +192,7 @@ def sample_edit(rng: np.random.Generator, kind: str | None = None, outline_prob:
             ins = Instruction("add", spec.COLORS[int(rng.integers(len(spec.COLORS)))],
                               spec.SHAPES[int(rng.integers(len(spec.SHAPES)))])
         else:
-            cands = unique_objects(source)
+            cands = [o for o in unique_objects(source) if not distractor or shares_colour(o, source)]
             if not cands:
                 continue
             obj = cands[int(rng.integers(len(cands)))]
@@ -198,8 +209,14 @@ def sample_edit(rng: np.random.Generator, kind: str | None = None, outline_prob:
     raise PlacementError(f"could not sample a {kind} edit")  # pragma: no cover
 
 
-def edit_triplets(rng: np.random.Generator, kinds: Sequence[str] = spec.EDIT_KINDS):
-    """Endless generator of :class:`EditTriplet`, kinds uniformly at random from ``kinds``."""
+def edit_triplets(rng: np.random.Generator, kinds: Sequence[str] = spec.EDIT_KINDS, distractor_share: float = 0.0):
+    """Endless generator of :class:`EditTriplet`, kinds uniformly at random from ``kinds``; a
+    ``distractor_share`` of the recolor and remove triplets have a same-colour distractor (:func:`sample_edit`).
+    With ``distractor_share`` 0 the stream is the spec's, draw for draw."""
+    if not 0 <= distractor_share <= 1:
+        raise ValueError(f"distractor_share {distractor_share} must be in [0, 1]")
     kinds = list(kinds)
     while True:
-        yield sample_edit(rng, kinds[int(rng.integers(len(kinds)))])
+        kind = kinds[int(rng.integers(len(kinds)))]
+        distractor = distractor_share > 0 and kind in ("recolor", "remove") and bool(rng.random() < distractor_share)
+        yield sample_edit(rng, kind, distractor=distractor)

@@ -436,6 +436,37 @@ def edit_outcomes(results: Iterable[tuple[np.ndarray, str, np.ndarray]]) -> dict
     return {k: {o: by_kind[k][o] / sum(by_kind[k].values()) for o in EDIT_OUTCOMES} for k in spec.EDIT_KINDS if k in by_kind}
 
 
+RELATIONS = ("same colour", "same shape", "neither")
+"""How an unnamed object relates to the object a recolor or remove names (:func:`edit_collateral`); an
+instruction names a unique colour and shape, so no other object shares both."""
+
+
+def relation_to(obj: DetectedObject, named: DetectedObject) -> str:
+    """``obj``'s :data:`RELATIONS` entry with respect to ``named``."""
+    return "same colour" if obj.color == named.color else "same shape" if obj.shape == named.shape else "neither"
+
+
+def edit_collateral(results: Iterable[tuple[np.ndarray, str, np.ndarray]], tolerance: float = EDIT_POSITION_TOLERANCE) -> dict[str, dict[str, float | None]]:
+    """Which objects a recolor or remove touches besides the named one: for each kind, the share of the other
+    source objects that are not kept (no output object of the same colour, shape and style in place), by
+    their relation to the named object (:data:`RELATIONS`; None where the results hold no such object).
+
+    A model that finds the named object by its colour alone changes "same colour" objects far more often
+    than "neither" ones; one that ignores the instruction's object changes all three alike. A diagnostic
+    beside :func:`edit_outcome`, not a score of the spec.
+    """
+    counts: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    for source, instruction, output in results:
+        src, out = parse_image(source), parse_image(output)
+        ins, _, _, named = _expected_after(src, instruction)
+        if named is None:
+            continue
+        for i, o in enumerate(src):
+            if i != named:
+                kept = any((p.color, p.shape, p.style) == (o.color, o.shape, o.style) and same_place(p.box, o.box, tolerance) for p in out)
+                counts[ins.kind][relation_to(o, src[named])].append(not kept)
+    return {k: {r: float(np.mean(counts[k][r])) if counts[k][r] else None for r in RELATIONS} for k in ("recolor", "remove") if k in counts}
+
 # --- scales --------------------------------------------------------------------------------
 
 def scale_agreement(coarse: np.ndarray, reference: np.ndarray) -> float:
