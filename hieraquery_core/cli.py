@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--instruction", default="make the red circle green")
     demo.add_argument("--edit-refine-strength", type=float, default=tuned["edit_refine_strength"],
                       help="--refine-strength of the edit (default %(default)s: every scale painted from noise, reading the image)")
+    demo.add_argument("--edit-guidance", type=float, default=tuned["edit_guidance"], help="--guidance of the edit (default %(default)s)")
     demo.add_argument("--question", default="describe the image")
     return parser
 
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             print(pipeline.describe(read_image(args.image), args.question)[0])
         else:
             generated = run_generate(pipeline, args, "demo_generate")
-            edit_args = argparse.Namespace(**{**vars(args), "refine_strength": args.edit_refine_strength})
+            edit_args = argparse.Namespace(**{**vars(args), "refine_strength": args.edit_refine_strength, "guidance": args.edit_guidance})
             edited = run_edit(pipeline, edit_args, generated.final[:1], "demo_edit")
             print(f"description of the edited image: {pipeline.describe(edited.final[:1], args.question)[0]!r}")
     except HieraQueryError as exc:

@@ -73,8 +73,34 @@ def test_guidance_tuning_reports_overall_consistency_and_attributes_per_value():
         tune_setting(model, EvalSettings(batch=6, steps=1), "steps", [4], n=6)
 
 
-def test_edit_refinement_is_tuned_on_validation_edits_never_the_heldout_ones(monkeypatch):
-    """``edit_refine_strength`` is scored by edit accuracy on validation edits, sampled with each value tried."""
+def test_edits_are_sampled_with_the_edit_settings_and_text_to_image_with_its_own(monkeypatch):
+    """``image_conditioned`` samples with ``edit_guidance`` and ``edit_refine_strength``; ``guidance`` and
+    ``refine_strength`` are text-to-image's."""
+    import train.evaluate as evaluate
+
+    seen = []
+
+    class Pipe:
+        def __init__(self, model):
+            pass
+
+        def encode(self, texts, pixels):
+            return pixels
+
+        def sample(self, encoded, seed, options):
+            seen.append((options.guidance, options.image_guidance, options.refine_strength))
+            return type("Out", (), {"final": encoded})()
+
+    monkeypatch.setattr(evaluate, "HieraQueryPipeline", Pipe)
+    source = np.full((64, 64, 3), 255, np.uint8)
+    settings = EvalSettings(guidance=4.0, refine_strength=0.2, edit_guidance=1.25, edit_refine_strength=0.9, image_guidance=1.75)
+    assert np.array_equal(evaluate.image_conditioned(None, settings, [source], ["make it filled"])[0], source)
+    assert seen == [(1.25, 1.75, 0.9)]
+
+
+@pytest.mark.parametrize("name", ["edit_refine_strength", "edit_guidance"])
+def test_edit_settings_are_tuned_on_validation_edits_never_the_heldout_ones(monkeypatch, name):
+    """``edit_refine_strength`` and ``edit_guidance`` are scored by edit accuracy on validation edits, sampled with each value tried."""
     import train.evaluate as evaluate
     from hieraquery_core.shapesworld import render
 
@@ -84,12 +110,12 @@ def test_edit_refinement_is_tuned_on_validation_edits_never_the_heldout_ones(mon
     seen = []
 
     def fake_sampler(model, settings, sources, texts):  # 0.5 paints every target exactly, anything else returns the input
-        seen.append(settings.edit_refine_strength)
-        return [targets[text + t.source.canonical()] if settings.edit_refine_strength == 0.5 else source
+        seen.append(getattr(settings, name))
+        return [targets[text + t.source.canonical()] if getattr(settings, name) == 0.5 else source
                 for source, text, t in zip(sources, texts, validation)]
 
     monkeypatch.setattr(evaluate, "image_conditioned", fake_sampler)
-    tuning = tune_setting(None, EvalSettings(), "edit_refine_strength", [1.0, 0.5], n=12)
+    tuning = tune_setting(None, EvalSettings(), name, [1.0, 0.5], n=12)
     assert seen == [1.0, 0.5] and tuning[0.5]["overall"] == 1.0 and tuning[1.0]["overall"] < 0.5
     assert set(tuning[1.0]) == {"recolor", "remove", "add", "restyle", "overall"}
 

@@ -105,16 +105,16 @@ def test_init_from_starts_the_first_stage_from_an_earlier_model(interrupted_then
 
 def test_read_source_widens_the_init_models_dit_and_edits_are_sampled_as_asked(interrupted_then_resumed):
     """``--read-source``: the edit stage trains a DiT that also reads the source image; the evaluation samples edits
-    at ``--edit-refine-strength`` and text-to-image at ``--refine-strength``."""
+    at ``--edit-refine-strength`` and ``--edit-guidance``, text-to-image at ``--refine-strength``."""
     root, *_ = interrupted_then_resumed
     out = root / "reads-source"
     args = demo_args(root, "--init-from", str(root / "runs" / "t2i" / "final"), "--read-source", "--steps", "0,0,1", "--no-publish",
-                     "--refine-strength", "0.5", "--edit-refine-strength", "0.75")
+                     "--refine-strength", "0.5", "--edit-refine-strength", "0.75", "--edit-guidance", "2.5")
     args[args.index("--runs") + 1] = str(out)
     assert make_demo.main(args) == 0
     assert load_checkpoint(out / "edit" / "final").reads_source and not load_checkpoint(root / "runs" / "t2i" / "final").reads_source
     settings = json.loads((out / "eval.json").read_text())["settings"]
-    assert (settings["refine_strength"], settings["edit_refine_strength"]) == (0.5, 0.75)
+    assert (settings["refine_strength"], settings["edit_refine_strength"], settings["edit_guidance"]) == (0.5, 0.75, 2.5)
 
 
 def test_mllm_replaces_the_init_models_mllm_in_the_first_stage_only(interrupted_then_resumed):

@@ -58,6 +58,9 @@ class EvalSettings:
     alignment-aware refinement); 1.0 paints every scale from pure noise, as the paper does."""
     edit_refine_strength: float = 1.0
     """The same for edits and reconstructions (a DiT that reads the source image paints each scale best from noise)."""
+    edit_guidance: float = 1.5
+    """Text guidance of edits (over the image-only branch; ``guidance`` is text-to-image's): a strong instruction
+    branch spreads a recolour over objects it does not name (docs/demo-and-ablations.md section 3)."""
     flow_n: int = 96
     """Held-out pairs of the held-out flow loss (:func:`heldout_flow_loss`); 0 skips it."""
 
@@ -105,9 +108,9 @@ def generate_heldout(model: HieraQuery, settings: EvalSettings, prompts: Sequenc
 
 def image_conditioned(model: HieraQuery, settings: EvalSettings, sources: Sequence[np.ndarray], texts: Sequence[str]) -> list[np.ndarray]:
     """The final images for (source image, text) inputs of the MLLM, ``settings.batch`` at a time, with the
-    editing guidance (text ``guidance`` over the image-only branch, ``image_guidance`` over the empty one)."""
+    editing guidance (text ``edit_guidance`` over the image-only branch, ``image_guidance`` over the empty one)."""
     pipe = HieraQueryPipeline(model)
-    options = SamplingOptions(steps=settings.steps, guidance=settings.guidance, image_guidance=settings.image_guidance, refine_strength=settings.edit_refine_strength)
+    options = SamplingOptions(steps=settings.steps, guidance=settings.edit_guidance, image_guidance=settings.image_guidance, refine_strength=settings.edit_refine_strength)
     outputs: list[np.ndarray] = []
     for start in range(0, len(sources), settings.batch):
         pixels = torch.from_numpy(np.stack(sources[start : start + settings.batch])).permute(0, 3, 1, 2).float() / 255.0
@@ -143,18 +146,18 @@ def validation_prompts(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return [(c, sample_prompt(c, rng, split="train")) for c in CATEGORIES for _ in range(n // len(CATEGORIES))]
 
 
-TUNABLE = ("guidance", "refine_strength", "edit_refine_strength")
-"""The sampling settings :func:`tune_setting` may choose (the last on validation edits, the others on validation prompts)."""
+TUNABLE = ("guidance", "refine_strength", "edit_refine_strength", "edit_guidance")
+"""The sampling settings :func:`tune_setting` may choose (the ``edit_`` ones on validation edits, the others on validation prompts)."""
 
 
 def tune_setting(model: HieraQuery, settings: EvalSettings, name: str, values: Sequence[float], n: int = 60) -> dict[float, dict]:
     """For each value of the sampling setting ``name``: GenEval overall, cross-scale consistency and the attribute
     diagnostic (:func:`attribute_accuracy`) on ``n`` validation prompts, ``{value: {"overall": ..., "consistency": ...,
-    "attributes": ...}}``; for ``edit_refine_strength``, edit accuracy on ``n`` validation edits, ``{value: {"overall": ...,
-    kind: ...}}``. The held-out prompts and edits are not looked at."""
+    "attributes": ...}}``; for ``edit_refine_strength`` and ``edit_guidance``, edit accuracy on ``n`` validation edits,
+    ``{value: {"overall": ..., kind: ...}}``. The held-out prompts and edits are not looked at."""
     require(name in TUNABLE, f"cannot tune {name!r}; choose one of {', '.join(TUNABLE)}")
     trials = {value: EvalSettings(**{**asdict(settings), name: value}) for value in values}
-    if name == "edit_refine_strength":
+    if name.startswith("edit_"):
         triplets = validation_edits(n, settings.seed)
         sources, instructions = [render(t.source) for t in triplets], [t.instruction for t in triplets]
         return {value: edit_accuracy(zip(sources, instructions, image_conditioned(model, trial, sources, instructions))) for value, trial in trials.items()}

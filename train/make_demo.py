@@ -233,11 +233,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sample each scale after the first from the previous one re-noised to this strength; 1 paints every scale from noise (default %(default)s)")
     parser.add_argument("--edit-refine-strength", type=float, default=EvalSettings.edit_refine_strength,
                         help="the same for edits and reconstructions (default %(default)s)")
+    parser.add_argument("--edit-guidance", type=float, default=EvalSettings.edit_guidance, help="text guidance of edits (default %(default)s)")
 
 
 def eval_settings(args: argparse.Namespace, n_edits: int) -> EvalSettings:
     return EvalSettings(n=args.eval_n, n_edits=n_edits, steps=args.eval_steps, guidance=args.guidance, refine_strength=args.refine_strength,
-                        edit_refine_strength=args.edit_refine_strength, flow_n=args.eval_flow_n)
+                        edit_refine_strength=args.edit_refine_strength, edit_guidance=args.edit_guidance, flow_n=args.eval_flow_n)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
