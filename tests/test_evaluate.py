@@ -201,3 +201,17 @@ def test_the_command_tunes_guidance_then_refinement_on_validation_prompts_and_re
     chosen = report["settings"]
     assert str(chosen["guidance"]) == max(guidance, key=lambda v: guidance[v]["overall"])  # the best is used (the first on a tie)
     assert str(chosen["refine_strength"]) == max(refine, key=lambda v: refine[v]["overall"])
+
+
+def test_the_bundled_demos_recorded_scores_are_its_committed_report():
+    """``stage.json``'s ``eval`` (what the CLI banner prints) is ``results/demo-source-edit.json``, the report the
+    README's table quotes, of the run the checkpoint was published from."""
+    from pathlib import Path
+
+    stage = json.loads((bundled_demo() / "stage.json").read_text())
+    report = json.loads((Path(__file__).parents[1] / stage["results"]).read_text())
+    assert stage["results"] == "results/demo-source-edit.json"
+    for key in ("settings", "geneval", "edit_accuracy", "reconstruction_accuracy"):
+        assert stage["eval"][key] == report[key], key
+    runs = stage["command"].split("--runs ")[1].split()[0]  # the report scored that run's final model
+    assert (report.get("checkpoint") or report.get("source")) == f"{runs}/edit/final"
