@@ -190,17 +190,20 @@ def test_every_shipped_demo_config_builds_a_model_that_paints_every_scale(config
     assert model.mllm.supports_images and not any(p.requires_grad for p in model.mllm.parameters())
 
 
-def test_the_command_tunes_guidance_then_refinement_on_validation_prompts_and_reports_both(tmp_path):
+def test_the_command_tunes_on_validation_prompts_and_edits_and_reports_each_setting(tmp_path):
     torch.manual_seed(0)
     folder = save_checkpoint(HieraQuery.from_config(tiny_config(image_size=64)).eval(), tmp_path / "tiny")
     main(["--checkpoint", str(folder), "--n", "6", "--n-edits", "0", "--steps", "2", "--flow-n", "0", "--batch", "6",
-          "--tune-guidance", "1,4", "--tune-refine-strength", "1,0.5", "--tune-n", "6", "--out", str(tmp_path / "report.json")])
+          "--tune-guidance", "1,4", "--tune-refine-strength", "1,0.5", "--tune-edit-guidance", "1,2", "--tune-n", "6", "--out", str(tmp_path / "report.json")])
     report = json.loads((tmp_path / "report.json").read_text())
     guidance, refine = report["guidance_tuning_on_validation_prompts"], report["refine_strength_tuning_on_validation_prompts"]
     assert set(guidance) == {"1.0", "4.0"} and set(refine) == {"1.0", "0.5"}
     chosen = report["settings"]
     assert str(chosen["guidance"]) == max(guidance, key=lambda v: guidance[v]["overall"])  # the best is used (the first on a tie)
     assert str(chosen["refine_strength"]) == max(refine, key=lambda v: refine[v]["overall"])
+    edit_guidance = report["edit_guidance_tuning_on_validation_edits"]  # scored on validation edits, and named so
+    assert set(edit_guidance) == {"1.0", "2.0"} and set(edit_guidance["1.0"]) >= {"overall"}
+    assert str(chosen["edit_guidance"]) == max(edit_guidance, key=lambda v: edit_guidance[v]["overall"])
 
 
 def test_the_bundled_demos_recorded_scores_are_its_committed_report():

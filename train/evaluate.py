@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"validation overall by {name}: { {v: t['overall'] for v, t in tuning[name].items()} }; using {getattr(settings, name)}", flush=True)
             report = {"source": str(args.checkpoint), **evaluate_model(model, settings)}
             for name, scores in tuning.items():
-                report[f"{name}_tuning_on_validation_prompts"] = {str(v): t for v, t in scores.items()}
+                report[f"{name}_tuning_on_validation_{'edits' if name.startswith('edit_') else 'prompts'}"] = {str(v): t for v, t in scores.items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
