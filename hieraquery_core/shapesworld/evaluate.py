@@ -292,6 +292,12 @@ def same_place(a: tuple[int, int, int, int], b: tuple[int, int, int, int], tol: 
             and abs((a[2] - a[0]) - (b[2] - b[0])) <= tol and abs((a[3] - a[1]) - (b[3] - b[1])) <= tol)
 
 
+def _is(obj: DetectedObject, color: str, shape: str, style: str | None, box: tuple[int, int, int, int] | None, tolerance: float) -> bool:
+    """``obj`` has this colour and shape, this style (None: any) and sits at ``box`` (None: anywhere)."""
+    return (obj.color == color and obj.shape == shape and (style is None or obj.style == style)
+            and (box is None or same_place(obj.box, box, tolerance)))
+
+
 def edit_correct(source_image: np.ndarray, instruction: str, target_image: np.ndarray,
                  tolerance: float = EDIT_POSITION_TOLERANCE) -> bool:
     """True when the parsed target equals the parsed source with exactly the instructed change.
@@ -349,7 +355,7 @@ def edit_outcome(source_image: np.ndarray, instruction: str, output_image: np.nd
 
     def take(color: str, shape: str, box: tuple[int, int, int, int] | None, want_style: str | None) -> bool:
         for o in unused:
-            if o.color == color and o.shape == shape and (want_style is None or o.style == want_style) and (box is None or same_place(o.box, box, tolerance)):
+            if _is(o, color, shape, want_style, box, tolerance):
                 unused.remove(o)
                 return True
         return False
@@ -363,8 +369,7 @@ def edit_outcome(source_image: np.ndarray, instruction: str, output_image: np.nd
         x0, y0, x1, y1 = src[named].box  # type: ignore[index]
         there = [o for o in unused if x0 <= o.cx <= x1 and y0 <= o.cy <= y1]
         unused = [o for o in unused if o not in there]
-        change = not there if ins.kind == "remove" else any(
-            (o.color, o.shape, o.style) == (ins.new_color, src[named].shape, style) and same_place(o.box, src[named].box, tolerance) for o in there)
+        change = not there if ins.kind == "remove" else any(_is(o, ins.new_color, src[named].shape, style, src[named].box, tolerance) for o in there)
     if change:
         return "rest changed"
     return "change not made" if rest_kept and not unused else "both wrong"
@@ -463,7 +468,7 @@ def edit_collateral(results: Iterable[tuple[np.ndarray, str, np.ndarray]], toler
             continue
         for i, o in enumerate(src):
             if i != named:
-                kept = any((p.color, p.shape, p.style) == (o.color, o.shape, o.style) and same_place(p.box, o.box, tolerance) for p in out)
+                kept = any(_is(p, o.color, o.shape, o.style, o.box, tolerance) for p in out)
                 counts[ins.kind][relation_to(o, src[named])].append(not kept)
     return {k: {r: float(np.mean(counts[k][r])) if counts[k][r] else None for r in RELATIONS} for k in ("recolor", "remove") if k in counts}
 
