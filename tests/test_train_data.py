@@ -186,11 +186,12 @@ def test_shapesworld_samples_are_a_function_of_the_index():
     wrapped = SampleDataset(ds, "edit", [(32, 32)])
     item = wrapped[0]
     assert item["target"].shape == (3, 32, 32) and item["images"][0].shape == (3, 32, 32)
-    hard = ShapesWorldDataset("edit", 40, seed=3, edit_distractors=1.0)  # --edit-distractors reaches the triplets
+    hard, again = (ShapesWorldDataset("edit", 40, seed=3, edit_distractors=1.0) for _ in range(2))  # --edit-distractors reaches the triplets
     for i in range(40):
         expected = next(edit_triplets(sample_rng(3, "edit", i), distractor_share=1.0)).instruction
-        assert hard[i]["prompt"] == expected and ShapesWorldDataset("edit", 40, seed=3, edit_distractors=1.0)[i]["prompt"] == expected
-    assert [hard[i]["prompt"] for i in range(40)] != [ShapesWorldDataset("edit", 40, seed=3)[i]["prompt"] for i in range(40)]
+        assert hard[i]["prompt"] == expected and again[i]["prompt"] == expected
+    spec_stream = ShapesWorldDataset("edit", 40, seed=3)
+    assert [hard[i]["prompt"] for i in range(40)] != [spec_stream[i]["prompt"] for i in range(40)]
 
 
 def test_generic_dataset_and_stream_samples_are_checked():
