@@ -9,8 +9,12 @@ import pytest
 import torch
 
 from hieraquery_core.checkpoint import save_checkpoint
-from train.diagnose import (FACTORS, checkpoint_shares, factor_prompts, main, random_query_shares, ridge_accuracy, ridge_fit, variance_shares,
-                            vision_position_probe, vision_shape_probe)
+from types import SimpleNamespace
+
+from hieraquery_core.shapesworld import spec
+from hieraquery_core.shapesworld.prompts import parse_prompt
+from train.diagnose import (BINDING_SLOTS, FACTORS, binding_probes, checkpoint_shares, factor_prompts, main, random_query_shares, ridge_accuracy,
+                            ridge_fit, variance_shares, vision_position_probe, vision_shape_probe)
 from tests.tiny_models import make_model
 
 
@@ -57,6 +61,43 @@ def test_ridge_regression_recovers_a_linear_map_and_shrinks_to_the_mean_not_to_z
     assert np.allclose(flat, y[:200].mean(0), atol=1e-3)  # the intercept is not penalised
 
 
+def test_ridge_with_more_features_than_samples_is_the_same_regression():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(30, 80)), rng.normal(size=(30, 2))
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    a = (x - mean) / std
+    primal = np.linalg.solve(a.T @ a + 5.0 * np.eye(80), a.T @ (y - y.mean(0)))  # the normal equations, 80 x 80
+    test = rng.normal(size=(7, 80))
+    assert np.allclose(ridge_fit(x, y, alpha=5.0)(test), (test - mean) / std @ primal + y.mean(0), atol=1e-8)
+
+
+class WordCodes:
+    """A stand-in model whose query states and conditions are one-hot codes of chosen slots of each prompt."""
+
+    def __init__(self, slots):
+        self.slots, self.config = slots, SimpleNamespace(scales=[SimpleNamespace(name="2x2")])
+
+    def encode(self, prompts):
+        rows = []
+        for prompt in prompts:
+            first, second = parse_prompt(prompt).objects
+            words = {"first colour": first.color, "first shape": first.shape, "second colour": second.color, "second shape": second.shape}
+            rows.append(np.concatenate([np.eye(len(spec.COLORS + spec.SHAPES))[list(spec.COLORS + spec.SHAPES).index(words[slot])] for slot in self.slots]))
+        return [torch.tensor(np.stack(rows))[:, None]]
+
+    def condition(self, states):
+        return [SimpleNamespace(tokens=t) for t in states]
+
+
+def test_binding_probes_read_the_slots_a_condition_keeps_and_not_the_one_it_drops():
+    complete = binding_probes(WordCodes(BINDING_SLOTS))
+    assert set(complete) == {"query_states", "conditions"}
+    assert all(v == 1.0 for part in complete.values() for v in part["2x2"].values())
+    lost = binding_probes(WordCodes(("first colour", "second colour")))["conditions"]["2x2"]  # the shapes never reach the condition
+    assert lost["first colour"] == lost["second colour"] == 1.0
+    assert lost["first shape"] < 0.5 and lost["second shape"] < 0.5  # chance is a third
+
+
 def test_checkpoint_and_mllm_reports_on_a_tiny_model(tmp_path, capsys):
     model = make_model()
     shares = checkpoint_shares(model)
@@ -75,6 +116,8 @@ def test_checkpoint_and_mllm_reports_on_a_tiny_model(tmp_path, capsys):
     main(["--checkpoint", str(tmp_path / "tiny"), "--out", str(tmp_path / "report.json")])
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["conditions"] == json.loads(capsys.readouterr().out)["conditions"]
+    assert list(report["binding_probes"]["conditions"]) == [s.name for s in model.config.scales]
+    assert all(set(per_scale) == set(BINDING_SLOTS) for per_scale in report["binding_probes"]["conditions"].values())
 
 
 def test_the_command_needs_something_to_diagnose():

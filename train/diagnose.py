@@ -14,7 +14,9 @@ cannot follow it, however long it trains. This module measures, on the 36 single
 * how well the vision encoder separates the shapes: a ridge probe of the shape from the vision feature at
   the object's centre in single-object scenes (fit on 300, tested on 300 others; chance is a third);
 * how precisely it locates an object: a ridge regression of the object's centre from the whole feature grid
-  (in-place reconstruction, the editing stage's premise, needs 2 px).
+  (in-place reconstruction, the editing stage's premise, needs 2 px);
+* for a trained checkpoint, whether its conditions still bind colours to shapes in two-object prompts
+  (:func:`binding_probes`).
 
     python -m train.diagnose --mllm hieraquery_core/assets/shapesworld-mllm
     python -m train.diagnose --checkpoint hieraquery_core/assets/shapesworld-demo
@@ -39,6 +41,7 @@ from hieraquery_core.mllm import FrozenMLLM
 from hieraquery_core.model import HieraQuery
 from hieraquery_core.queries import MultiScaleQueries
 from hieraquery_core.shapesworld import spec
+from hieraquery_core.shapesworld.prompts import ALL_PROMPTS, parse_prompt
 from hieraquery_core.shapesworld.scene import random_scene
 from train.shapesworld_mllm import pixels_of
 
@@ -108,7 +111,10 @@ def ridge_fit(train_x: np.ndarray, targets: np.ndarray, alpha: float = 1.0):
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     target_mean = targets.mean(0)
     a = (train_x - mean) / std
-    weights = np.linalg.solve(a.T @ a + alpha * np.eye(a.shape[1]), a.T @ (targets - target_mean))
+    if a.shape[1] > a.shape[0]:  # more features than samples: the same solution from the N x N system (the dual form)
+        weights = a.T @ np.linalg.solve(a @ a.T + alpha * np.eye(a.shape[0]), targets - target_mean)
+    else:
+        weights = np.linalg.solve(a.T @ a + alpha * np.eye(a.shape[1]), a.T @ (targets - target_mean))
     return lambda x: (x - mean) / std @ weights + target_mean
 
 
@@ -117,6 +123,37 @@ def ridge_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     classes = np.unique(train_y)
     predict = ridge_fit(train_x, (train_y[:, None] == classes[None]).astype(float) * 2 - 1, alpha)
     return float(np.mean(classes[predict(test_x).argmax(1)] == test_y))
+
+
+BINDING_SLOTS = ("first colour", "first shape", "second colour", "second shape")
+"""The words of a colour-attribution prompt "a {c1} {s1} and a {c2} {s2}" whose read-out :func:`binding_probes` scores."""
+
+
+@torch.no_grad()
+def binding_probes(model: HieraQuery, seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
+    """Whether a trained model's conditions still say which colour goes with which shape.
+
+    Every colour-attribution prompt of the grammar (360, both styles) is encoded; a ridge probe reads each
+    slot of :data:`BINDING_SLOTS` from the query states (MLLM output, Eq. 4) and from the conditions
+    (connector output, Eq. 5) of each scale, fit on a random half of the prompts and scored on the other half
+    (chance: a sixth for a colour, a third for a shape). A slot the probe reads well reaches the DiT; a
+    two-object image that still binds it wrongly is then the DiT's failure, not the condition's."""
+    prompts = list(ALL_PROMPTS["color_attr"])
+    requirements = [parse_prompt(p).objects for p in prompts]
+    labels = {slot: np.array([getattr(objects[i // 2], "shape" if i % 2 else "color") for objects in requirements])
+              for i, slot in enumerate(BINDING_SLOTS)}
+    order = np.random.default_rng(seed).permutation(len(prompts))
+    train, test = order[: len(order) // 2], order[len(order) // 2:]
+    states = model.encode(prompts)
+    features = {"query_states": states, "conditions": [c.tokens for c in model.condition(states)]}
+    report = {}
+    for name, per_scale in features.items():
+        report[name] = {}
+        for scale, tensor in zip(model.config.scales, per_scale):
+            x = tensor.reshape(len(prompts), -1).double().cpu().numpy()
+            report[name][scale.name] = {slot: ridge_accuracy(x[train], y[train], x[test], y[test], alpha=float(x.shape[1]) ** 0.5)
+                                        for slot, y in labels.items()}
+    return report
 
 
 def single_object_features(mllm: FrozenMLLM, n: int, seed: int, batch: int) -> tuple[torch.Tensor, list]:
@@ -169,7 +206,7 @@ def diagnose_mllm(folder: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mllm", type=Path, help="an MLLM folder: random-query shares and the vision shape and position probes")
-    parser.add_argument("--checkpoint", type=Path, help="a HieraQuery checkpoint: shares of its query states and conditions")
+    parser.add_argument("--checkpoint", type=Path, help="a HieraQuery checkpoint: shares of its query states and conditions, and the binding probes")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="also write the report here as JSON")
     args = parser.parse_args(argv)
@@ -181,7 +218,9 @@ def main(argv: list[str] | None = None) -> None:
         report.update(diagnose_mllm(args.mllm))
     if args.checkpoint is not None:
         report["checkpoint"] = str(args.checkpoint)
-        report.update(checkpoint_shares(load_checkpoint(args.checkpoint)))
+        model = load_checkpoint(args.checkpoint)
+        report.update(checkpoint_shares(model))
+        report["binding_probes"] = binding_probes(model)
     text = json.dumps(report, indent=2)
     if args.out is not None:
         args.out.write_text(text + "\n")
