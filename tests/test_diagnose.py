@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from hieraquery_core.checkpoint import save_checkpoint
-from types import SimpleNamespace
-
 from hieraquery_core.shapesworld import spec
 from hieraquery_core.shapesworld.prompts import parse_prompt
 from train.diagnose import (BINDING_SLOTS, FACTORS, binding_probes, checkpoint_shares, factor_prompts, main, random_query_shares, ridge_accuracy,
@@ -78,11 +77,11 @@ class WordCodes:
         self.slots, self.config = slots, SimpleNamespace(scales=[SimpleNamespace(name="2x2")])
 
     def encode(self, prompts):
-        rows = []
+        vocabulary, rows = list(spec.COLORS + spec.SHAPES), []
         for prompt in prompts:
-            first, second = parse_prompt(prompt).objects
-            words = {"first colour": first.color, "first shape": first.shape, "second colour": second.color, "second shape": second.shape}
-            rows.append(np.concatenate([np.eye(len(spec.COLORS + spec.SHAPES))[list(spec.COLORS + spec.SHAPES).index(words[slot])] for slot in self.slots]))
+            objects = parse_prompt(prompt).objects
+            words = [getattr(objects[index], attribute) for index, attribute in (BINDING_SLOTS[slot] for slot in self.slots)]
+            rows.append(np.concatenate([np.eye(len(vocabulary))[vocabulary.index(word)] for word in words]))
         return [torch.tensor(np.stack(rows))[:, None]]
 
     def condition(self, states):

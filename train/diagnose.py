@@ -125,8 +125,10 @@ def ridge_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     return float(np.mean(classes[predict(test_x).argmax(1)] == test_y))
 
 
-BINDING_SLOTS = ("first colour", "first shape", "second colour", "second shape")
-"""The words of a colour-attribution prompt "a {c1} {s1} and a {c2} {s2}" whose read-out :func:`binding_probes` scores."""
+BINDING_SLOTS: dict[str, tuple[int, str]] = {"first colour": (0, "color"), "first shape": (0, "shape"),
+                                             "second colour": (1, "color"), "second shape": (1, "shape")}
+"""The words of a colour-attribution prompt "a {c1} {s1} and a {c2} {s2}" whose read-out :func:`binding_probes`
+scores: each slot's object (in prompt order) and attribute."""
 
 
 @torch.no_grad()
@@ -136,12 +138,13 @@ def binding_probes(model: HieraQuery, seed: int = 0) -> dict[str, dict[str, dict
     Every colour-attribution prompt of the grammar (360, both styles) is encoded; a ridge probe reads each
     slot of :data:`BINDING_SLOTS` from the query states (MLLM output, Eq. 4) and from the conditions
     (connector output, Eq. 5) of each scale, fit on a random half of the prompts and scored on the other half
-    (chance: a sixth for a colour, a third for a shape). A slot the probe reads well reaches the DiT; a
+    (chance: a sixth for a colour, a third for a shape; ridge penalty: the square root of the feature count).
+    A slot the probe reads well reaches the DiT; a
     two-object image that still binds it wrongly is then the DiT's failure, not the condition's."""
     prompts = list(ALL_PROMPTS["color_attr"])
     requirements = [parse_prompt(p).objects for p in prompts]
-    labels = {slot: np.array([getattr(objects[i // 2], "shape" if i % 2 else "color") for objects in requirements])
-              for i, slot in enumerate(BINDING_SLOTS)}
+    labels = {slot: np.array([getattr(objects[index], attribute) for objects in requirements])
+              for slot, (index, attribute) in BINDING_SLOTS.items()}
     order = np.random.default_rng(seed).permutation(len(prompts))
     train, test = order[: len(order) // 2], order[len(order) // 2:]
     states = model.encode(prompts)
