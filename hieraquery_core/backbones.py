@@ -29,6 +29,7 @@ from .dit import DiffusionTransformer
 from .errors import HieraQueryError, require
 from .latent_codec import LatentCodec
 from .mllm import FrozenMLLM
+from .pointwise_conv import pointwise_as_linear
 from .word_tokenizer import build_word_tokenizer
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -103,12 +104,14 @@ VAE_CLASSES = {"autoencoder_kl": AutoencoderKL, "autoencoder_dc": AutoencoderDC}
 
 
 def build_dit(spec: BackboneSpec, base_dir: Path | None = None) -> DiffusionTransformer:
-    """The shared-weight DiT of Eq. 5 (diffusers' SD3 or SANA transformer)."""
+    """The shared-weight DiT of Eq. 5 (diffusers' SD3 or SANA transformer), its 1x1 convolutions run as matmuls on the CPU."""
     cls = DIT_CLASSES[spec.kind]
     if spec.path:
-        return DiffusionTransformer(cls.from_pretrained(resolve_folder(spec.path, base_dir, "DiT"), **LOAD_KWARGS), spec.kind)
-    require(spec.config is not None, "config.dit needs a 'path' (local folder) or a 'config'")
-    return DiffusionTransformer(cls(**spec.config), spec.kind)
+        transformer = cls.from_pretrained(resolve_folder(spec.path, base_dir, "DiT"), **LOAD_KWARGS)
+    else:
+        require(spec.config is not None, "config.dit needs a 'path' (local folder) or a 'config'")
+        transformer = cls(**spec.config)
+    return DiffusionTransformer(pointwise_as_linear(transformer), spec.kind)
 
 
 def build_codec(spec: BackboneSpec, base_dir: Path | None = None) -> LatentCodec:

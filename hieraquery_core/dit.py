@@ -86,7 +86,7 @@ class DiffusionTransformer(nn.Module):
         The output keeps its channels; the diffusers config records both, so the widened DiT saves and loads."""
         require(extra > 0, f"extra input channels must be positive, got {extra}")
         old = self.patch_projection()
-        new = nn.Conv2d(old.in_channels + extra, old.out_channels, old.kernel_size, old.stride, old.padding, bias=old.bias is not None).to(old.weight)
+        new = type(old)(old.in_channels + extra, old.out_channels, old.kernel_size, old.stride, old.padding, bias=old.bias is not None).to(old.weight)
         new.weight.zero_()
         new.weight[:, : old.in_channels] = old.weight
         if old.bias is not None:
