@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--prompt", default="a red circle to the left of a blue square")
     demo.add_argument("--instruction", default="make the red circle green")
     demo.add_argument("--edit-refine-strength", type=float, default=tuned["edit_refine_strength"],
-                      help="--refine-strength of the edit (default %(default)s: every scale painted from noise, reading the image)")
+                      help="--refine-strength of the edit (default %(default)s: each scale after the first starts from the previous one re-noised to it, every scale reading the image)")
     demo.add_argument("--edit-guidance", type=float, default=tuned["edit_guidance"], help="--guidance of the edit (default %(default)s)")
     demo.add_argument("--question", default="describe the image")
     return parser
