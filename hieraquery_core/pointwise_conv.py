@@ -3,11 +3,11 @@
 SANA's DiT embeds its patch-1 latents and runs its Mix-FFN (GLUMBConv) with 1x1 convolutions. On the
 CPU, PyTorch sends a 1x1 convolution of fewer than 16 images on one intra-op thread to its slow per-image
 path (one small GEMM per image; ``ConvParams::use_mkldnn`` in ATen), and with more threads to oneDNN.
-The same arithmetic as one ``torch.nn.functional.linear`` over the
-channels (every pixel of the batch a row) measured faster on both (BENCHMARKS.md, optimisation log): the
-medium DiT's 2x2- and 4x4-query scales 13-24 % faster on one thread, its full-size forward 17 % faster on
-two, the demo DiT's forward and backward at training batch 16 15 % faster. The autoencoders keep their
-convolutions (the medium DC-AE decode did not get faster).
+The same arithmetic as one ``torch.nn.functional.linear`` over the channels (every pixel of the batch a
+row) measured faster on both (BENCHMARKS.md, optimisation log): the medium DiT's 2x2- and 4x4-query
+scales 13-24 % faster on one thread, its full-size forward 17 % faster on two, the demo DiT's forward and
+backward at training batch 16 15 % faster. The autoencoders keep their convolutions (the medium DC-AE
+decode did not get faster).
 
 :class:`PointwiseConv2d` is ``nn.Conv2d`` with only ``forward`` changed, so parameters, state dicts,
 device moves and ``from_pretrained`` are untouched. Off the CPU it is ``nn.Conv2d`` (no GPU was lent to
