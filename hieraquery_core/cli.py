@@ -33,7 +33,9 @@ def provenance(folder: Path) -> str:
     if "eval" in info:
         geneval = info["eval"]["geneval"]["overall"]
         edits = info["eval"].get("edit_accuracy", {}).get("overall")
-        return f"; held-out GenEval overall {geneval:.3f}" + (f", edit accuracy {edits:.3f}" if edits is not None else "")
+        strength = info["eval"].get("settings", {}).get("edit_refine_strength")  # the demo may be sampled otherwise (BUNDLED_DEMO_SAMPLING)
+        sampled = f" at edit refine strength {strength:g}" if strength is not None else ""
+        return f"; held-out GenEval overall {geneval:.3f}" + (f", edit accuracy {edits:.3f}{sampled}" if edits is not None else "")
     return f"; {info['note']}" if "note" in info else ""
 
 

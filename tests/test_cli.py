@@ -42,6 +42,8 @@ def test_provenance_reports_a_published_checkpoints_scores_or_note(tmp_path):
     assert provenance(tmp_path) == "; stage 1 of 3, interrupted"
     (tmp_path / "stage.json").write_text(json.dumps({"eval": {"geneval": {"overall": 0.5}, "edit_accuracy": {"overall": 0.25}}}))
     assert provenance(tmp_path) == "; held-out GenEval overall 0.500, edit accuracy 0.250"
+    (tmp_path / "stage.json").write_text(json.dumps({"eval": {"settings": {"edit_refine_strength": 1.0}, "geneval": {"overall": 0.5}, "edit_accuracy": {"overall": 0.25}}}))
+    assert provenance(tmp_path) == "; held-out GenEval overall 0.500, edit accuracy 0.250 at edit refine strength 1"
 
 
 def test_demo_runs_with_the_demo_checkpoints_tuned_sampling(tmp_path, capsys):
