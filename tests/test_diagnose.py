@@ -13,7 +13,7 @@ from hieraquery_core.checkpoint import save_checkpoint
 from hieraquery_core.shapesworld import spec
 from hieraquery_core.shapesworld.prompts import parse_prompt
 from train.diagnose import (BINDING_SLOTS, FACTORS, binding_probes, checkpoint_shares, factor_prompts, main, random_query_shares, ridge_accuracy,
-                            ridge_fit, variance_shares, vision_position_probe, vision_shape_probe)
+                            ridge_fit, slot_word, variance_shares, vision_position_probe, vision_shape_probe)
 from tests.tiny_models import make_model
 
 
@@ -80,8 +80,7 @@ class WordCodes:
         vocabulary, rows = list(spec.COLORS + spec.SHAPES), []
         for prompt in prompts:
             objects = parse_prompt(prompt).objects
-            words = [getattr(objects[index], attribute) for index, attribute in (BINDING_SLOTS[slot] for slot in self.slots)]
-            rows.append(np.concatenate([np.eye(len(vocabulary))[vocabulary.index(word)] for word in words]))
+            rows.append(np.concatenate([np.eye(len(vocabulary))[vocabulary.index(slot_word(objects, slot))] for slot in self.slots]))
         return [torch.tensor(np.stack(rows))[:, None]]
 
     def condition(self, states):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,12 @@ BINDING_SLOTS: dict[str, tuple[int, str]] = {"first colour": (0, "color"), "firs
 scores: each slot's object (in prompt order) and attribute."""
 
 
+def slot_word(objects: Sequence, slot: str) -> str:
+    """The word a :data:`BINDING_SLOTS` slot names among a prompt's parsed objects."""
+    index, attribute = BINDING_SLOTS[slot]
+    return getattr(objects[index], attribute)
+
+
 @torch.no_grad()
 def binding_probes(model: HieraQuery, seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
     """Whether a trained model's conditions still say which colour goes with which shape.
@@ -143,8 +150,7 @@ def binding_probes(model: HieraQuery, seed: int = 0) -> dict[str, dict[str, dict
     two-object image that still binds it wrongly is then the DiT's failure, not the condition's."""
     prompts = list(ALL_PROMPTS["color_attr"])
     requirements = [parse_prompt(p).objects for p in prompts]
-    labels = {slot: np.array([getattr(objects[index], attribute) for objects in requirements])
-              for slot, (index, attribute) in BINDING_SLOTS.items()}
+    labels = {slot: np.array([slot_word(objects, slot) for objects in requirements]) for slot in BINDING_SLOTS}
     order = np.random.default_rng(seed).permutation(len(prompts))
     train, test = order[: len(order) // 2], order[len(order) // 2:]
     states = model.encode(prompts)
