@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hieraquery_core.checkpoint import load_checkpoint
+from hieraquery_core.checkpoint import BUNDLED_DEMO_SAMPLING, load_checkpoint
 from hieraquery_core.errors import require
 from hieraquery_core.images import resize
 from hieraquery_core.model import HieraQuery
@@ -52,8 +52,8 @@ class EvalSettings:
     n_edits: int = 200
     seed: int = 0
     batch: int = 50
-    steps: int = 16
-    guidance: float = 3.0
+    steps: int = BUNDLED_DEMO_SAMPLING["steps"]
+    guidance: float = BUNDLED_DEMO_SAMPLING["guidance"]
     image_guidance: float = 1.5
     refine_strength: float = 1.0
     """Each scale after the first starts from the previous one re-noised to this strength (the pipeline's
@@ -61,7 +61,7 @@ class EvalSettings:
     edit_refine_strength: float = 1.0
     """The same for edits and reconstructions (the bundled demo edits best at 0.7, chosen on validation edits on 2026-12-04;
     its training runs were all evaluated at 1.0)."""
-    edit_guidance: float = 1.5
+    edit_guidance: float = BUNDLED_DEMO_SAMPLING["edit_guidance"]
     """Text guidance of edits (over the image-only branch; ``guidance`` is text-to-image's): a strong instruction
     branch spreads a recolour over objects it does not name (docs/demo-and-ablations.md section 3)."""
     flow_n: int = 96
