@@ -10,11 +10,13 @@ representation alignment of section 3.2, and caches the caption path while a con
 
 Project extension (not in the paper): a DiT may also read the latents of an input image, concatenated to
 its noisy latents along the channels as InstructPix2Pix does (:meth:`DiffusionTransformer.add_input_channels`,
-``HieraQuery.read_source``); see docs/design.md, "Editing that keeps the picture".
+``HieraQuery.read_source``); see docs/design.md, "Editing that keeps the picture". A trained SANA DiT may also
+grow deeper without changing what it paints (:meth:`DiffusionTransformer.deepen`, ``HieraQuery.deepen_dit``).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -93,6 +95,37 @@ class DiffusionTransformer(nn.Module):
             new.bias.copy_(old.bias)
         self._patch_embedding().proj = new
         self.transformer.register_to_config(in_channels=old.in_channels + extra, out_channels=self.out_channels)
+
+    def grown_index(self, index: int, num_layers: int) -> int:
+        """Where block ``index`` of this DiT sits after :meth:`deepen` to ``num_layers`` blocks."""
+        return index * num_layers // len(self.blocks)
+
+    @torch.no_grad()
+    def deepen(self, num_layers: int) -> None:
+        """Grow a SANA DiT to ``num_layers`` blocks without changing what it computes (project extension, docs/design.md,
+        "A deeper DiT from a trained one").
+
+        Each new block is a copy of the block before it (progressive stacking, Gong et al. 2019) whose three residual
+        branches (the self-attention, cross-attention and Mix-FFN output projections) start at zero, so it adds nothing
+        until training moves them, as ``add_input_channels`` does for the input. New blocks are spread evenly: old
+        block i becomes block :meth:`grown_index` and its copies follow it. The diffusers config records the depth, so
+        the deeper DiT saves and loads.
+        """
+        require(self.kind == "sana", f"deepening is implemented for SANA DiTs (whose blocks have ungated residual branches to zero); this one is {self.kind}")
+        old = list(self.blocks)
+        require(num_layers > len(old), f"the DiT has {len(old)} blocks; give more than that to deepen it (got {num_layers})")
+        grown: list[nn.Module] = []
+        for i, block in enumerate(old):
+            grown.append(block)
+            for _ in range(self.grown_index(i + 1, num_layers) - self.grown_index(i, num_layers) - 1):
+                twin = copy.deepcopy(block)
+                for projection in (twin.attn1.to_out[0], twin.attn2.to_out[0], twin.ff.conv_point):
+                    projection.weight.zero_()
+                    if projection.bias is not None:
+                        projection.bias.zero_()
+                grown.append(twin)
+        self.transformer.transformer_blocks = nn.ModuleList(grown)
+        self.transformer.register_to_config(num_layers=num_layers)
 
     def forward(self, latents: torch.Tensor, sigma: torch.Tensor, condition: ScaleCondition, source: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted velocity (noise - data) at noise level ``sigma`` ([B] or scalar, in [0, 1]).

@@ -119,6 +119,14 @@ class HieraQuery(nn.Module):
                 widened = {**self.config.dit.config, "in_channels": self.dit.in_channels, "out_channels": self.codec.channels}
                 self.config = dataclasses.replace(self.config, dit=dataclasses.replace(self.config.dit, config=widened))
 
+    def deepen_dit(self, num_layers: int) -> None:
+        """Grow the DiT to ``num_layers`` blocks, painting exactly as before (:meth:`DiffusionTransformer.deepen`).
+        The alignment of section 3.2 keeps reading the block it read (now at its grown index), recorded in the config."""
+        aligned = self.dit.grown_index(self.dit.resolve_block(self.config.alignment.block), num_layers)
+        self.dit.deepen(num_layers)
+        dit = self.config.dit if self.config.dit.config is None else dataclasses.replace(self.config.dit, config={**self.config.dit.config, "num_layers": num_layers})
+        self.config = dataclasses.replace(self.config, dit=dit, alignment=dataclasses.replace(self.config.alignment, block=aligned))
+
     def source_latents(self, images: ImageList | torch.Tensor | None, batch: int, size: tuple[int, int]) -> torch.Tensor:
         """The latents the DiT reads beside its own at a scale of ``size`` pixels: each sample's first input image,
         or zeros for a sample without one (text-to-image). ``images``: an ImageList, or pixels [B, 3, H, W]."""
