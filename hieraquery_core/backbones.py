@@ -25,7 +25,7 @@ from transformers import (
 
 from .config import BackboneSpec, ConnectorSpec
 from .connector import Connector
-from .dit import DiffusionTransformer
+from .dit import SOFTMAX_OPTION, DiffusionTransformer
 from .errors import HieraQueryError, require
 from .latent_codec import LatentCodec
 from .mllm import FrozenMLLM
@@ -111,7 +111,10 @@ def build_dit(spec: BackboneSpec, base_dir: Path | None = None) -> DiffusionTran
     else:
         require(spec.config is not None, "config.dit needs a 'path' (local folder) or a 'config'")
         transformer = cls(**spec.config)
-    return DiffusionTransformer(pointwise_as_linear(transformer), spec.kind)
+    dit = DiffusionTransformer(pointwise_as_linear(transformer), spec.kind)
+    if SOFTMAX_OPTION in spec.options:
+        dit.use_softmax_self_attention(spec.options[SOFTMAX_OPTION])
+    return dit
 
 
 def build_codec(spec: BackboneSpec, base_dir: Path | None = None) -> LatentCodec:

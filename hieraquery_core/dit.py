@@ -21,10 +21,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
 from .connector import ScaleCondition
 from .errors import require
+
+SOFTMAX_OPTION = "softmax_self_attention"
+"""The DiT spec's option listing the blocks given softmax self-attention (:meth:`DiffusionTransformer.use_softmax_self_attention`)."""
 
 
 class DiffusionTransformer(nn.Module):
@@ -100,16 +104,31 @@ class DiffusionTransformer(nn.Module):
         """Where block ``index`` of this DiT sits after :meth:`deepen` to ``num_layers`` blocks."""
         return index * num_layers // len(self.blocks)
 
+    def softmax_self_attention_blocks(self) -> list[int]:
+        """The blocks whose self-attention is softmax attention (:meth:`use_softmax_self_attention`)."""
+        return [i for i, block in enumerate(self.blocks) if isinstance(block.attn1.processor, AttnProcessor2_0)]
+
+    def use_softmax_self_attention(self, indices: list[int]) -> None:
+        """Give these SANA blocks softmax self-attention (torch's SDPA, diffusers' ``AttnProcessor2_0``) instead of SANA's
+        ReLU linear attention, with the same projections (project extension, docs/design.md, "A deeper DiT from a
+        trained one"). A processor is not part of the diffusers config: the model config records the indices
+        (``dit.options[SOFTMAX_OPTION]``) and ``build_dit`` applies them."""
+        require(self.kind == "sana", f"softmax self-attention blocks are a SANA option; this DiT is {self.kind} (its attention is softmax already)")
+        require(all(0 <= i < len(self.blocks) for i in indices), f"softmax self-attention blocks {indices} must be in 0..{len(self.blocks) - 1}")
+        for i in indices:
+            self.blocks[i].attn1.set_processor(AttnProcessor2_0())
+
     @torch.no_grad()
-    def deepen(self, num_layers: int) -> None:
+    def deepen(self, num_layers: int, softmax: bool = False) -> None:
         """Grow a SANA DiT to ``num_layers`` blocks without changing what it computes (project extension, docs/design.md,
         "A deeper DiT from a trained one").
 
         Each new block is a copy of the block before it (progressive stacking, Gong et al. 2019) whose three residual
         branches (the self-attention, cross-attention and Mix-FFN output projections) start at zero, so it adds nothing
         until training moves them, as ``add_input_channels`` does for the input. New blocks are spread evenly: old
-        block i becomes block :meth:`grown_index` and its copies follow it. The diffusers config records the depth, so
-        the deeper DiT saves and loads.
+        block i becomes block :meth:`grown_index` and its copies follow it. ``softmax`` gives the new blocks softmax
+        self-attention (:meth:`use_softmax_self_attention`). The diffusers config records the depth, so the deeper DiT
+        saves and loads.
         """
         require(self.kind == "sana", f"deepening is implemented for SANA DiTs (whose blocks have ungated residual branches to zero); this one is {self.kind}")
         old = list(self.blocks)
@@ -123,6 +142,8 @@ class DiffusionTransformer(nn.Module):
                     projection.weight.zero_()
                     if projection.bias is not None:
                         projection.bias.zero_()
+                if softmax:
+                    twin.attn1.set_processor(AttnProcessor2_0())
                 grown.append(twin)
         self.transformer.transformer_blocks = nn.ModuleList(grown)
         self.transformer.register_to_config(num_layers=num_layers)

@@ -32,7 +32,7 @@ from .alignment import RepresentationAlignment
 from .backbones import build_codec, build_connector, build_dit, build_mllm
 from .config import HieraQueryConfig
 from .connector import Connector, ScaleCondition
-from .dit import DiffusionTransformer
+from .dit import SOFTMAX_OPTION, DiffusionTransformer
 from .errors import require
 from .flow_matching import flow_matching_loss, noisy_latents, sample_sigmas
 from .images import resize, to_signed
@@ -119,12 +119,18 @@ class HieraQuery(nn.Module):
                 widened = {**self.config.dit.config, "in_channels": self.dit.in_channels, "out_channels": self.codec.channels}
                 self.config = dataclasses.replace(self.config, dit=dataclasses.replace(self.config.dit, config=widened))
 
-    def deepen_dit(self, num_layers: int) -> None:
-        """Grow the DiT to ``num_layers`` blocks, painting exactly as before (:meth:`DiffusionTransformer.deepen`).
-        The alignment of section 3.2 keeps reading the block it read (now at its grown index), recorded in the config."""
+    def deepen_dit(self, num_layers: int, softmax: bool = False) -> None:
+        """Grow the DiT to ``num_layers`` blocks, painting exactly as before (:meth:`DiffusionTransformer.deepen`; ``softmax``:
+        the new blocks' self-attention is softmax attention). The alignment of section 3.2 keeps reading the block it
+        read (now at its grown index); the config records it and the softmax blocks (``dit.options``)."""
         aligned = self.dit.grown_index(self.dit.resolve_block(self.config.alignment.block), num_layers)
-        self.dit.deepen(num_layers)
-        dit = self.config.dit if self.config.dit.config is None else dataclasses.replace(self.config.dit, config={**self.config.dit.config, "num_layers": num_layers})
+        self.dit.deepen(num_layers, softmax)
+        options = {**self.config.dit.options, SOFTMAX_OPTION: self.dit.softmax_self_attention_blocks()}
+        if not options[SOFTMAX_OPTION]:
+            del options[SOFTMAX_OPTION]
+        dit = dataclasses.replace(self.config.dit, options=options)
+        if dit.config is not None:
+            dit = dataclasses.replace(dit, config={**dit.config, "num_layers": num_layers})
         self.config = dataclasses.replace(self.config, dit=dit, alignment=dataclasses.replace(self.config.alignment, block=aligned))
 
     def source_latents(self, images: ImageList | torch.Tensor | None, batch: int, size: tuple[int, int]) -> torch.Tensor:

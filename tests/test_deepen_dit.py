@@ -5,6 +5,8 @@ import dataclasses
 import pytest
 import torch
 
+from diffusers.models.attention_processor import AttnProcessor2_0, SanaLinearAttnProcessor2_0
+
 from hieraquery_core.checkpoint import load_checkpoint, save_checkpoint
 from hieraquery_core.errors import HieraQueryError
 from hieraquery_core.model import HieraQuery, TrainingBatch
@@ -66,11 +68,33 @@ def test_the_new_blocks_learn_and_the_deeper_dit_saves_and_loads(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(outputs(model), outputs(loaded)))
 
 
+def test_new_blocks_with_softmax_self_attention_start_as_the_identity_and_keep_their_attention_when_loaded(tmp_path):
+    model = aligned_model()
+    before = outputs(model)
+    model.deepen_dit(6, softmax=True)
+    assert model.dit.softmax_self_attention_blocks() == [2, 5] == model.config.dit.options["softmax_self_attention"]
+    assert all(torch.equal(a, b) for a, b in zip(before, outputs(model)))
+    with torch.no_grad():
+        for i in (2, 5):
+            model.dit.blocks[i].attn1.to_out[0].weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(i))
+    loaded = load_checkpoint(save_checkpoint(model, tmp_path / "softmax"))
+    assert loaded.dit.softmax_self_attention_blocks() == [2, 5]
+    trained = outputs(model)
+    assert all(torch.equal(a, b) for a, b in zip(trained, outputs(loaded)))
+    for i in (2, 5):  # the attention kind matters: the same weights with SANA's linear attention paint something else
+        loaded.dit.blocks[i].attn1.set_processor(SanaLinearAttnProcessor2_0())
+    assert not torch.equal(trained[0], outputs(loaded)[0])
+
+
 def test_deepening_refuses_what_it_cannot_do():
     with pytest.raises(HieraQueryError, match="give more than that"):
         aligned_model().deepen_dit(4)
     with pytest.raises(HieraQueryError, match="implemented for SANA DiTs"):
         make_model("sd3", "qwen2_5_vl", "autoencoder_kl").deepen_dit(4)
+    with pytest.raises(HieraQueryError, match=r"must be in 0..3"):
+        aligned_model().dit.use_softmax_self_attention([4])
+    with pytest.raises(HieraQueryError, match="a SANA option"):
+        make_model("sd3", "qwen2_5_vl", "autoencoder_kl").dit.use_softmax_self_attention([0])
 
 
 def test_an_alignment_block_counted_from_the_end_follows_its_block():

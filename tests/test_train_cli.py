@@ -205,17 +205,20 @@ def test_read_source_flag_widens_the_init_models_dit_and_the_edit_stage_trains_t
 
 def test_dit_blocks_flag_grows_the_init_models_dit_and_training_wakes_the_new_blocks(data, tmp_path, capsys):
     """``--dit-blocks N``: the --init-from model's DiT grows to N blocks whose new residual branches start at zero and
-    train; a later run from that model keeps its depth, and asking for fewer blocks is one clear error."""
+    train (``--softmax-new-blocks``: with softmax self-attention); a later run from that model keeps its depth and
+    attention, and asking for fewer blocks is one clear error."""
     from hieraquery_core.checkpoint import save_checkpoint
     from tests.tiny_models import make_model
 
     start = save_checkpoint(make_model(seed=2), tmp_path / "start")
     common = ["--stage", "t2i", "--data", str(data / "pairs.jsonl"), "--steps", "2", "--batch-size", "2", "--no-progress", "--lr", "1e-3"]
-    assert main([*common, "--init-from", str(start), "--dit-blocks", "4", "--out", str(tmp_path / "run")]) == 0
+    assert main([*common, "--init-from", str(start), "--dit-blocks", "4", "--softmax-new-blocks", "--out", str(tmp_path / "run")]) == 0
     trained = load_checkpoint(tmp_path / "run" / "final")
-    assert len(trained.dit.blocks) == 4 and "the DiT now has 4 blocks" in (tmp_path / "run" / "train.log").read_text()
+    assert len(trained.dit.blocks) == 4 and trained.dit.softmax_self_attention_blocks() == [1, 3]
+    assert "the DiT now has 4 blocks" in (tmp_path / "run" / "train.log").read_text()
     assert all(trained.dit.blocks[i].ff.conv_point.weight.abs().sum() > 0 for i in (1, 3))
     assert main([*common, "--init-from", str(tmp_path / "run" / "final"), "--dit-blocks", "4", "--out", str(tmp_path / "again")]) == 0
-    assert len(load_checkpoint(tmp_path / "again" / "final").dit.blocks) == 4
+    again = load_checkpoint(tmp_path / "again" / "final")
+    assert len(again.dit.blocks) == 4 and again.dit.softmax_self_attention_blocks() == [1, 3]
     assert main([*common, "--init-from", str(tmp_path / "run" / "final"), "--dit-blocks", "3", "--out", str(tmp_path / "fewer")]) == 2
     assert "give more than that" in capsys.readouterr().err

@@ -73,6 +73,8 @@ class TrainConfig:
     read_source: bool = False
     dit_blocks: int | None = None
     """Grow the model's DiT to this many blocks (``HieraQuery.deepen_dit``: the new ones start as the identity)."""
+    softmax_new_blocks: bool = False
+    """With ``dit_blocks``: the new blocks' self-attention is softmax attention instead of SANA's linear attention."""
     data: str | None = None
     steps: int | None = None
     epochs: float | None = None
@@ -383,8 +385,9 @@ class Trainer:
             model.read_source()
             self.log(f"the DiT now also reads the input image's latents ({model.dit.in_channels} input channels, the new ones zero)")
         if cfg.dit_blocks is not None and cfg.dit_blocks != len(model.dit.blocks):
-            model.deepen_dit(cfg.dit_blocks)
-            self.log(f"the DiT now has {cfg.dit_blocks} blocks (the new ones start as the identity; alignment reads block {model.config.alignment.block})")
+            model.deepen_dit(cfg.dit_blocks, cfg.softmax_new_blocks)
+            self.log(f"the DiT now has {cfg.dit_blocks} blocks (the new ones start as the identity; alignment reads block {model.config.alignment.block}; "
+                     f"softmax self-attention in blocks {model.dit.softmax_self_attention_blocks()})")
         return model
 
     def _open_data(self, source: Any, stage: str) -> Any:
@@ -747,6 +750,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="widen the DiT to also read the input image's latents (InstructPix2Pix's concatenation, zero-initialised; a project extension for edits that keep the picture)")
     p.add_argument("--dit-blocks", type=int,
                    help="grow the model's SANA DiT to this many blocks, each new one a copy of the block before it that starts as the identity (a project extension: more capacity without retraining)")
+    p.add_argument("--softmax-new-blocks", action="store_true",
+                   help="with --dit-blocks: the new blocks' self-attention is softmax attention (torch SDPA) instead of SANA's linear attention")
     p.add_argument("--data", required=True, help="a folder (NAME.png + NAME.txt [+ NAME.source.png]), a .jsonl manifest, or 'shapesworld'")
     p.add_argument("--out", required=True, help="the run folder (log, checkpoints, final/)")
     p.add_argument("--steps", type=int, help="optimizer steps (or give --epochs)")
