@@ -245,6 +245,20 @@ def test_attribute_accuracy_names_the_failing_attribute():
         sw.attribute_accuracy([])
 
 
+def test_shape_binding_says_which_named_shape_was_painted_twice():
+    def two(shape_a: str, shape_b: str) -> np.ndarray:
+        return sw.render(sw.Scene([obj("red", shape_a, 5, 5), obj("blue", shape_b, 40, 40)]))
+
+    prompt = "a red circle to the left of a blue square"
+    results = [(prompt, two("circle", "square")), (prompt, two("square", "circle")),  # right, whichever goes where
+               ("a circle and a square", two("circle", "circle")), ("a triangle and a circle", two("circle", "circle")),
+               ("a circle and a square", two("triangle", "square")),
+               ("a circle and a square", sw.render(sw.Scene([obj("red", "circle", 5, 5)]))),  # one object: not counted
+               ("a circle above a circle", two("circle", "circle")), ("a red circle", two("circle", "square"))]  # not two shapes
+    assert sw.shape_binding(results) == {"right": 0.4, "first shape twice": 0.2, "second shape twice": 0.2, "other": 0.2, "n": 5}
+    assert sw.shape_binding([("a red circle", two("circle", "square"))]) == {**dict.fromkeys(sw.evaluate.SHAPE_BINDINGS, 0.0), "n": 0}
+
+
 def test_parse_image_finds_objects_and_ignores_noise():
     scene = sw.Scene([obj("red", "circle", 2, 2, 14), obj("yellow", "triangle", 30, 5, 22),
                       obj("purple", "square", 5, 40, 15), obj("orange", "triangle", 40, 40, 14)], "outline")

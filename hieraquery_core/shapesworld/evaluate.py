@@ -283,6 +283,33 @@ def attribute_accuracy(results: Iterable[tuple[str, np.ndarray]]) -> dict[str, f
             "style": share(styles), "n_counted": counted}
 
 
+SHAPE_BINDINGS = ("right", "first shape twice", "second shape twice", "other")
+"""What an image of two objects painted for a prompt naming two different shapes (:func:`shape_binding`)."""
+
+
+def shape_binding(results: Iterable[tuple[str, np.ndarray]]) -> dict[str, float | int]:
+    """Which shapes two-object images carry (a project diagnostic beside :func:`attribute_accuracy`).
+
+    Of (prompt, image) results whose prompt names exactly two objects of different shapes ("a circle and a square",
+    "a red circle to the left of a blue square") and whose image has two objects: the share of each
+    :data:`SHAPE_BINDINGS` outcome (both shapes right; the shape named first, or second, painted on both objects;
+    anything else), and ``n`` = how many images that is. A model that does not bind each shape to its own object
+    paints one of the named shapes twice, as text-to-image models "leak" attributes between objects.
+    """
+    outcomes: Counter = Counter()
+    for prompt, image in results:
+        wanted = [o.shape for o in parse_prompt(prompt).objects]
+        if len(wanted) != 2 or wanted[0] == wanted[1]:
+            continue
+        painted = sorted(o.shape for o in parse_image(image))
+        if len(painted) != 2:
+            continue
+        by_outcome = {"right": sorted(wanted), "first shape twice": [wanted[0]] * 2, "second shape twice": [wanted[1]] * 2}
+        outcomes[next((k for k, v in by_outcome.items() if v == painted), "other")] += 1
+    n = sum(outcomes.values())
+    return {**{k: outcomes[k] / n if n else 0.0 for k in SHAPE_BINDINGS}, "n": n}
+
+
 # --- edits ---------------------------------------------------------------------------------
 
 def same_place(a: tuple[int, int, int, int], b: tuple[int, int, int, int], tol: float = EDIT_POSITION_TOLERANCE) -> bool:
