@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections import Counter, deque
 from pathlib import Path
@@ -243,6 +244,27 @@ def test_attribute_accuracy_names_the_failing_attribute():
     assert sw.attribute_accuracy([("a red circle", image)])["shape"] == 0.0
     with pytest.raises(ValueError, match="no results"):
         sw.attribute_accuracy([])
+
+
+def test_caption_order_puts_listed_objects_left_to_right_in_prompt_order():
+    """``caption_order=True``: every training scene still satisfies its prompt, and the objects of a listing prompt
+    stand left to right as named (a colour-attribution prompt is its scene's caption); from the same random draws the
+    boxes are the ones placed without it, and relation and count prompts keep their layout."""
+    for cat, prompt, scene in itertools.islice(sw.train_pairs(np.random.default_rng(7), caption_order=True), 300):
+        assert sw.scene_satisfies(scene, prompt)
+        want = sw.parse_prompt(prompt)
+        if want.form == "list":
+            assert [o.shape for o in scene.left_to_right()] == [w.shape for w in want.objects]
+            assert all(w.color in (None, o.color) for w, o in zip(want.objects, scene.left_to_right()))
+        if cat == "color_attr":
+            assert sw.caption(scene) == prompt
+    moved = 0
+    for i, (cat, prompt, _) in enumerate(itertools.islice(sw.train_pairs(np.random.default_rng(8)), 200)):
+        ordered, anywhere = (sw.scene_for_prompt(prompt, np.random.default_rng(i), order) for order in (True, False))
+        assert sorted(o.box for o in ordered.objects) == sorted(o.box for o in anywhere.objects)
+        assert sw.parse_prompt(prompt).form == "list" or ordered == anywhere
+        moved += ordered != anywhere
+    assert moved > 20  # without the option, many two-object scenes are laid out otherwise
 
 
 def test_shape_binding_says_which_named_shape_was_painted_twice():

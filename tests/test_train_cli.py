@@ -160,6 +160,19 @@ def test_edit_distractors_flag_is_recorded_checked_and_compared_on_resume(data, 
         assert main([*common, "--out", str(data / "distractors-bad"), *bad]) == 2 and message in capsys.readouterr().err
 
 
+def test_caption_order_flag_is_recorded_checked_and_compared_on_resume(data, capsys):
+    out = data / "caption-order"
+    common = ["--stage", "t2i", "--config", str(data / "cfg.json"), "--data", "shapesworld", "--shapesworld-samples", "4", "--out", str(out),
+              "--steps", "1", "--batch-size", "2", "--save-every", "1", "--no-progress"]
+    assert main([*common, "--caption-order"]) == 0
+    assert json.loads((out / "run.json").read_text())["settings"]["caption_order"] is True
+    capsys.readouterr()
+    assert main([*common, "--steps", "2", "--resume"]) == 2  # other scenes than the checkpoint's run
+    assert "caption_order True (now False)" in capsys.readouterr().err
+    assert main([*common, "--out", str(data / "caption-order-bad"), "--caption-order", "--data", str(data / "pairs.jsonl")]) == 2
+    assert "it needs --data shapesworld" in capsys.readouterr().err
+
+
 def test_mllm_flag_replaces_the_frozen_mllm_of_the_init_model(data, tmp_path, capsys):
     """``--init-from X --mllm DIR``: the run starts from X's trained parts with the MLLM in DIR (e.g. a retrained
     vision tower), and its checkpoints embed DIR's MLLM; one of other sizes, or --mllm with --config, is a one-line error."""

@@ -192,6 +192,9 @@ def test_shapesworld_samples_are_a_function_of_the_index():
         assert hard[i]["prompt"] == expected and again[i]["prompt"] == expected
     spec_stream = ShapesWorldDataset("edit", 40, seed=3)
     assert [hard[i]["prompt"] for i in range(40)] != [spec_stream[i]["prompt"] for i in range(40)]
+    ordered, anywhere = ShapesWorldDataset("t2i", 40, seed=3, caption_order=True), ShapesWorldDataset("t2i", 40, seed=3)  # --caption-order reaches the scenes
+    assert [ordered[i]["prompt"] for i in range(40)] == [anywhere[i]["prompt"] for i in range(40)]
+    assert any(not torch.equal(ordered[i]["target"], anywhere[i]["target"]) for i in range(40))
 
 
 def test_generic_dataset_and_stream_samples_are_checked():

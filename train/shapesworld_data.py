@@ -13,6 +13,8 @@ bucket (e.g. area-downscaled for a 32 px test model).
 - ``edit``: ``edit_triplets`` -> {"prompt": instruction, "images": [render(source)], "target": render(target)};
   ``edit_distractors`` > 0 gives that share of the recolours and removals a same-colour distractor
   (``--edit-distractors``; 0, the default, is the spec's distribution).
+- ``caption_order`` (``--caption-order``): text-to-image and reconstruction scenes of prompts that list objects stand
+  left to right in the order the prompt names them (``scene_for_prompt``); off, the default, places them anywhere.
 
 The streams are disjoint from the evaluation streams of ``hieraquery_core.shapesworld.heldout_pairs``
 and ``train/evaluate.py`` (different entropy words).
@@ -45,12 +47,12 @@ def sample_rng(seed: int, stage: str, index: int) -> np.random.Generator:
 
 
 def make_sample(stage: str, rng: np.random.Generator, categories: Sequence[str] = spec.CATEGORIES, edit_kinds: Sequence[str] = spec.EDIT_KINDS,
-                edit_distractors: float = 0.0) -> dict[str, Any]:
+                edit_distractors: float = 0.0, caption_order: bool = False) -> dict[str, Any]:
     """One sample dict for ``stage`` drawn from ``rng``."""
     if stage == "edit":
         triplet = next(edit_triplets(rng, edit_kinds, edit_distractors))
         return {"prompt": triplet.instruction, "target": to_pixels(render(triplet.target)), "images": [to_pixels(render(triplet.source))], "kind": triplet.kind}
-    category, prompt, scene = next(train_pairs(rng, categories))
+    category, prompt, scene = next(train_pairs(rng, categories, caption_order))
     return {"prompt": prompt, "target": to_pixels(render(scene)), "images": [], "category": category}
 
 
@@ -58,7 +60,7 @@ class ShapesWorldDataset(torch.utils.data.Dataset):
     """``num_samples`` deterministic ShapesWorld samples of one stage (map-style, any index in any order)."""
 
     def __init__(self, stage: str, num_samples: int = 100_000, seed: int = 0, categories: Sequence[str] = spec.CATEGORIES, edit_kinds: Sequence[str] = spec.EDIT_KINDS,
-                 edit_distractors: float = 0.0) -> None:
+                 edit_distractors: float = 0.0, caption_order: bool = False) -> None:
         if stage not in STAGE_CODES:
             raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGE_CODES)}")
         self.stage = stage
@@ -67,6 +69,7 @@ class ShapesWorldDataset(torch.utils.data.Dataset):
         self.categories = tuple(categories)
         self.edit_kinds = tuple(edit_kinds)
         self.edit_distractors = float(edit_distractors)
+        self.caption_order = bool(caption_order)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -77,7 +80,7 @@ class ShapesWorldDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
-        return make_sample(self.stage, sample_rng(self.seed, self.stage, index), self.categories, self.edit_kinds, self.edit_distractors)
+        return make_sample(self.stage, sample_rng(self.seed, self.stage, index), self.categories, self.edit_kinds, self.edit_distractors, self.caption_order)
 
 
 def shapesworld_dataset(stage: str, num_samples: int = 100_000, seed: int = 0, **kwargs) -> ShapesWorldDataset:

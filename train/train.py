@@ -102,6 +102,8 @@ class TrainConfig:
     replay_share: float = 0.0
     replay_data: str | None = None
     edit_distractors: float = 0.0
+    caption_order: bool = False
+    """ShapesWorld text-to-image scenes stand left to right in the order their prompt names the objects (``train.shapesworld_data``)."""
     ema_decay: float = 0.0
     timestep_logit_mean: float | None = None
     timestep_logit_std: float | None = None
@@ -126,6 +128,7 @@ class TrainConfig:
         require(self.replay_share == 0 or self.stage != "t2i", "--replay-share replays text-to-image samples in a later stage; it means nothing with --stage t2i")
         require(self.replay_data is None or self.replay_share > 0, "--replay-data is only read with --replay-share > 0")
         require(0 <= self.edit_distractors <= 1, f"--edit-distractors {self.edit_distractors} must be in [0, 1]")
+        require(not self.caption_order or self.data == "shapesworld", "--caption-order lays out ShapesWorld scenes; it needs --data shapesworld")
         require(self.edit_distractors == 0 or (self.stage == "edit" and self.data == "shapesworld"),
                 "--edit-distractors shapes ShapesWorld's edit triplets; it needs --stage edit and --data shapesworld")
         require(0 <= self.ema_decay < 1, f"--ema-decay {self.ema_decay} must be in [0, 1) (0: no moving average; 0.999 is usual)")
@@ -397,7 +400,8 @@ class Trainer:
             if str(source) == "shapesworld":
                 from .shapesworld_data import shapesworld_dataset
 
-                source = shapesworld_dataset(stage, cfg.shapesworld_samples, seed=cfg.seed, edit_distractors=cfg.edit_distractors)
+                source = shapesworld_dataset(stage, cfg.shapesworld_samples, seed=cfg.seed, edit_distractors=cfg.edit_distractors,
+                                             caption_order=cfg.caption_order)
             else:
                 records = load_records(source, stage, self.index_skips, cfg.max_aspect, cfg.min_clip, cfg.max_watermark)
                 dataset = FileDataset(records, stage, self.buckets, cfg.recon_prompt)
@@ -650,7 +654,7 @@ class Trainer:
                 "format": st.STATE_FORMAT, "format_version": st.STATE_VERSION,
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "stage": cfg.stage, "seed": cfg.seed, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "replay_share": cfg.replay_share,
-                "edit_distractors": cfg.edit_distractors, "ema_decay": cfg.ema_decay, "ema_step": self.ema.optimization_step if self.ema is not None else None,
+                "edit_distractors": cfg.edit_distractors, "caption_order": cfg.caption_order, "ema_decay": cfg.ema_decay, "ema_step": self.ema.optimization_step if self.ema is not None else None,
                 "num_processes": acc.num_processes, "total_steps": self.total_steps, "warmup": self.warmup,
                 "lr": cfg.lr, "min_lr": cfg.min_lr, "scheduler": st.scheduler_state(self.scheduler),
                 "grad_scaler": st.jsonable(scaler) if scaler is not None else None,
@@ -670,9 +674,10 @@ class Trainer:
         data.setdefault("replay_share", 0.0)  # checkpoints written before replay existed
         data.setdefault("ema_decay", 0.0)  # ... or before the moving average
         data.setdefault("edit_distractors", 0.0)  # ... or before edit distractors
+        data.setdefault("caption_order", False)  # ... or before caption order
         mismatch = [f"{k} {data[k]} (now {v})" for k, v in (("stage", cfg.stage), ("batch_size", cfg.batch_size), ("grad_accum", cfg.grad_accum),
                                                                ("num_processes", acc.num_processes), ("seed", cfg.seed), ("replay_share", cfg.replay_share),
-                                                               ("edit_distractors", cfg.edit_distractors), ("ema_decay", cfg.ema_decay)) if data.get(k) != v]
+                                                               ("edit_distractors", cfg.edit_distractors), ("caption_order", cfg.caption_order), ("ema_decay", cfg.ema_decay)) if data.get(k) != v]
         require(not mismatch, f"cannot resume from {folder} exactly: it was written with {', '.join(mismatch)}; use the same settings (or start a new --out)")
         saved_params = data["parameters"]
         current = parameter_table(self.model)
@@ -779,6 +784,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replay-share", type=float, default=d.replay_share,
                    help="reconstruction/edit stages: share of the samples replaced by text-to-image samples, against forgetting (default %(default)s: the paper's recipe)")
     p.add_argument("--replay-data", help="the text-to-image data replayed (default: --data, e.g. 'shapesworld')")
+    p.add_argument("--caption-order", action="store_true",
+                   help="--data shapesworld: text-to-image scenes stand left to right in the order their prompt names the objects (the spec's caption order)")
     p.add_argument("--edit-distractors", type=float, default=d.edit_distractors,
                    help="--data shapesworld, edit stage: share of the recolours and removals whose named object shares its colour with another "
                         "object, so that only the shape word tells them apart (default %(default)s: the spec's distribution)")

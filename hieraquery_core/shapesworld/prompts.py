@@ -29,7 +29,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from . import spec
-from .scene import Scene, place_objects, relation_holds
+from .scene import Scene, SceneObject, place_objects, relation_holds
 
 HOLDOUT_MODULUS = 5
 """1 in HOLDOUT_MODULUS prompts (or scenes) is held out."""
@@ -213,13 +213,23 @@ if not all(HELDOUT_PROMPTS[c] and TRAIN_PROMPTS[c] for c in PROMPT_SPLIT_CATEGOR
 
 # --- sampling scenes for prompts -------------------------------------------------------------
 
-def scene_for_prompt(prompt: str, rng: np.random.Generator) -> Scene:
-    """A random valid scene that satisfies ``prompt`` exactly (free colours drawn at random)."""
+def scene_for_prompt(prompt: str, rng: np.random.Generator, caption_order: bool = False) -> Scene:
+    """A random valid scene that satisfies ``prompt`` exactly (free colours drawn at random).
+
+    ``caption_order``: a prompt listing objects ("a circle and a square", "a red circle and a blue square") gets a
+    scene whose objects stand left to right in the order the prompt names them, so the prompt is the scene's caption
+    (spec "Understanding": captions list objects left to right). Any valid layout satisfies the prompt; this one
+    also tells a model which named object goes where (a project option for training data, docs/shapesworld.md).
+    """
     req = parse_prompt(prompt)
     kinds = [(s.color if s.color is not None else spec.COLORS[int(rng.integers(len(spec.COLORS)))], s.shape)
              for s in req.objects]
     relation = (0, req.relation, 1) if req.relation else None
-    return place_objects(rng, kinds, req.style, relation)
+    scene = place_objects(rng, kinds, req.style, relation)
+    if not caption_order or req.form != "list":
+        return scene
+    boxes = [o.box for o in scene.left_to_right()]  # boxes do not depend on the shape: any kind fits any box
+    return Scene(tuple(SceneObject(color, shape, box) for (color, shape), box in zip(kinds, boxes)), scene.style)
 
 
 def sample_prompt(category: str, rng: np.random.Generator, split: str = "train") -> str:
@@ -231,17 +241,18 @@ def sample_prompt(category: str, rng: np.random.Generator, split: str = "train")
     return prompts[int(rng.integers(len(prompts)))]
 
 
-def sample_pair(category: str, rng: np.random.Generator) -> tuple[str, Scene]:
-    """One training (prompt, scene) of a category; never a held-out prompt or held-out scene."""
+def sample_pair(category: str, rng: np.random.Generator, caption_order: bool = False) -> tuple[str, Scene]:
+    """One training (prompt, scene) of a category; never a held-out prompt or held-out scene (``caption_order``: see
+    :func:`scene_for_prompt`)."""
     prompt = sample_prompt(category, rng, "train")
     while True:
-        scene = scene_for_prompt(prompt, rng)
+        scene = scene_for_prompt(prompt, rng, caption_order)
         if category not in SCENE_SPLIT_CATEGORIES or not is_held_out_scene(scene):
             return prompt, scene
 
 
 def train_pairs(rng: np.random.Generator,
-                categories: Sequence[str] = spec.CATEGORIES) -> Iterator[tuple[str, str, Scene]]:
+                categories: Sequence[str] = spec.CATEGORIES, caption_order: bool = False) -> Iterator[tuple[str, str, Scene]]:
     """Endless (category, prompt, scene) training samples, categories uniformly at random.
 
     Never yields a held-out prompt string (position / color_attr) nor a held-out scene for
@@ -253,7 +264,7 @@ def train_pairs(rng: np.random.Generator,
             raise ValueError(f"unknown category {c!r}")
     while True:
         cat = cats[int(rng.integers(len(cats)))]
-        prompt, scene = sample_pair(cat, rng)
+        prompt, scene = sample_pair(cat, rng, caption_order)
         yield cat, prompt, scene
 
 
