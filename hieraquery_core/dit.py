@@ -100,10 +100,6 @@ class DiffusionTransformer(nn.Module):
         self._patch_embedding().proj = new
         self.transformer.register_to_config(in_channels=old.in_channels + extra, out_channels=self.out_channels)
 
-    def grown_index(self, index: int, num_layers: int) -> int:
-        """Where block ``index`` of this DiT sits after :meth:`deepen` to ``num_layers`` blocks."""
-        return index * num_layers // len(self.blocks)
-
     def softmax_self_attention_blocks(self) -> list[int]:
         """The blocks whose self-attention is softmax attention (:meth:`use_softmax_self_attention`)."""
         return [i for i, block in enumerate(self.blocks) if isinstance(block.attn1.processor, AttnProcessor2_0)]
@@ -126,7 +122,7 @@ class DiffusionTransformer(nn.Module):
         Each new block is a copy of the block before it (progressive stacking, Gong et al. 2019) whose three residual
         branches (the self-attention, cross-attention and Mix-FFN output projections) start at zero, so it adds nothing
         until training moves them, as ``add_input_channels`` does for the input. New blocks are spread evenly: old
-        block i becomes block :meth:`grown_index` and its copies follow it. ``softmax`` gives the new blocks softmax
+        block i becomes block :func:`grown_index` and its copies follow it. ``softmax`` gives the new blocks softmax
         self-attention (:meth:`use_softmax_self_attention`). The diffusers config records the depth, so the deeper DiT
         saves and loads.
         """
@@ -136,7 +132,7 @@ class DiffusionTransformer(nn.Module):
         grown: list[nn.Module] = []
         for i, block in enumerate(old):
             grown.append(block)
-            for _ in range(self.grown_index(i + 1, num_layers) - self.grown_index(i, num_layers) - 1):
+            for _ in range(grown_index(i + 1, len(old), num_layers) - grown_index(i, len(old), num_layers) - 1):
                 twin = copy.deepcopy(block)
                 for projection in (twin.attn1.to_out[0], twin.attn2.to_out[0], twin.ff.conv_point):
                     projection.weight.zero_()
@@ -199,12 +195,8 @@ class DiffusionTransformer(nn.Module):
                     module.forward = forward
 
     def resolve_block(self, index: int | None) -> int:
-        """A block index, negative from the end, None = the middle block (Ming-Lite-Uni aligns block 10 of 20)."""
-        count = len(self.blocks)
-        index = count // 2 if index is None else index
-        index = index + count if index < 0 else index
-        require(0 <= index < count, f"alignment block {index} does not exist; this DiT has {count} blocks (0..{count - 1})")
-        return index
+        """A block index of this DiT (:func:`resolve_block_index`)."""
+        return resolve_block_index(index, len(self.blocks))
 
     @contextmanager
     def capture_block(self, index: int | None) -> Iterator[list[torch.Tensor]]:
@@ -220,6 +212,20 @@ class DiffusionTransformer(nn.Module):
             yield captured
         finally:
             handle.remove()
+
+
+def resolve_block_index(index: int | None, count: int) -> int:
+    """A block index of a DiT of ``count`` blocks, negative from the end, None = the middle block (Ming-Lite-Uni aligns
+    block 10 of 20)."""
+    index = count // 2 if index is None else index
+    index = index + count if index < 0 else index
+    require(0 <= index < count, f"alignment block {index} does not exist; this DiT has {count} blocks (0..{count - 1})")
+    return index
+
+
+def grown_index(index: int, blocks: int, num_layers: int) -> int:
+    """Where block ``index`` of a DiT of ``blocks`` blocks sits after :meth:`DiffusionTransformer.deepen` to ``num_layers``."""
+    return index * num_layers // blocks
 
 
 def _memoised(forward):

@@ -32,7 +32,7 @@ from .alignment import RepresentationAlignment
 from .backbones import build_codec, build_connector, build_dit, build_mllm
 from .config import HieraQueryConfig
 from .connector import Connector, ScaleCondition
-from .dit import SOFTMAX_OPTION, DiffusionTransformer
+from .dit import SOFTMAX_OPTION, DiffusionTransformer, grown_index, resolve_block_index
 from .errors import require
 from .flow_matching import flow_matching_loss, noisy_latents, sample_sigmas
 from .images import resize, to_signed
@@ -55,6 +55,14 @@ class LossOutput:
     total: torch.Tensor
     flow: list[torch.Tensor]
     alignment: list[torch.Tensor]
+
+
+def deepened(config: HieraQueryConfig, blocks: int, num_layers: int) -> HieraQueryConfig:
+    """``config`` after its DiT of ``blocks`` blocks grew to ``num_layers`` (:meth:`HieraQuery.deepen_dit`): the alignment of
+    section 3.2 reads the block it read, at its new index, and an inline DiT config records the depth."""
+    block = grown_index(resolve_block_index(config.alignment.block, blocks), blocks, num_layers)
+    dit = config.dit if config.dit.config is None else dataclasses.replace(config.dit, config={**config.dit.config, "num_layers": num_layers})
+    return dataclasses.replace(config, dit=dit, alignment=dataclasses.replace(config.alignment, block=block))
 
 
 class HieraQuery(nn.Module):
@@ -123,15 +131,12 @@ class HieraQuery(nn.Module):
         """Grow the DiT to ``num_layers`` blocks, painting exactly as before (:meth:`DiffusionTransformer.deepen`; ``softmax``:
         the new blocks' self-attention is softmax attention). The alignment of section 3.2 keeps reading the block it
         read (now at its grown index); the config records it and the softmax blocks (``dit.options``)."""
-        aligned = self.dit.grown_index(self.dit.resolve_block(self.config.alignment.block), num_layers)
+        config = deepened(self.config, len(self.dit.blocks), num_layers)
         self.dit.deepen(num_layers, softmax)
-        options = {**self.config.dit.options, SOFTMAX_OPTION: self.dit.softmax_self_attention_blocks()}
+        options = {**config.dit.options, SOFTMAX_OPTION: self.dit.softmax_self_attention_blocks()}
         if not options[SOFTMAX_OPTION]:
             del options[SOFTMAX_OPTION]
-        dit = dataclasses.replace(self.config.dit, options=options)
-        if dit.config is not None:
-            dit = dataclasses.replace(dit, config={**dit.config, "num_layers": num_layers})
-        self.config = dataclasses.replace(self.config, dit=dit, alignment=dataclasses.replace(self.config.alignment, block=aligned))
+        self.config = dataclasses.replace(config, dit=dataclasses.replace(config.dit, options=options))
 
     def source_latents(self, images: ImageList | torch.Tensor | None, batch: int, size: tuple[int, int]) -> torch.Tensor:
         """The latents the DiT reads beside its own at a scale of ``size`` pixels: each sample's first input image,

@@ -226,6 +226,8 @@ def test_dit_blocks_flag_grows_the_init_models_dit_and_training_wakes_the_new_bl
     start = save_checkpoint(make_model(seed=2), tmp_path / "start")
     common = ["--stage", "t2i", "--data", str(data / "pairs.jsonl"), "--steps", "2", "--batch-size", "2", "--no-progress", "--lr", "1e-3"]
     assert main([*common, "--init-from", str(start), "--dit-blocks", "4", "--softmax-new-blocks", "--out", str(tmp_path / "run")]) == 0
+    resumed = [*common, "--steps", "3", "--init-from", str(start), "--dit-blocks", "4", "--softmax-new-blocks", "--out", str(tmp_path / "run"), "--resume"]
+    assert main(resumed) == 0 and "resumed at step 2" in (tmp_path / "run" / "train.log").read_text()  # the grown model is what the run trains
     trained = load_checkpoint(tmp_path / "run" / "final")
     assert len(trained.dit.blocks) == 4 and trained.dit.softmax_self_attention_blocks() == [1, 3]
     assert "the DiT now has 4 blocks" in (tmp_path / "run" / "train.log").read_text()

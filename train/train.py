@@ -48,7 +48,8 @@ from torch import nn
 from hieraquery_core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint, save_checkpoint
 from hieraquery_core.config import HieraQueryConfig
 from hieraquery_core.errors import HieraQueryError, require
-from hieraquery_core.model import HieraQuery, TrainingBatch
+from hieraquery_core.backbones import resolve_folder
+from hieraquery_core.model import HieraQuery, TrainingBatch, deepened
 
 from . import state as st
 from .data import (MAX_ASPECT_RATIO, MAX_WATERMARK_SCORE, MIN_CLIP_SCORE, STAGES, BucketBatchSampler, FileDataset, ReplayMix, SampleDataset,
@@ -211,6 +212,13 @@ def architecture(config: HieraQueryConfig) -> dict[str, Any]:
     return out
 
 
+def dit_depth(config: HieraQueryConfig, base_dir: Path | None) -> int:
+    """How many blocks the DiT of ``config`` has (its inline config, or the config.json of its folder)."""
+    if config.dit.path:
+        return int(json.loads((resolve_folder(config.dit.path, base_dir, "DiT") / "config.json").read_text())["num_layers"])
+    return int(config.dit.config["num_layers"])
+
+
 def check_compatible(saved: HieraQueryConfig, wanted: HieraQueryConfig, where: Path) -> None:
     """One clear error when a checkpoint does not belong to this run's model configuration."""
     a, b = architecture(saved), architecture(wanted)
@@ -359,10 +367,13 @@ class Trainer:
             wanted = HieraQueryConfig.load(config_path)
             base_dir = config_base_dir(wanted, config_path)
         elif cfg.init_from:
-            wanted = HieraQueryConfig.load(resolve_model_folder(cfg.init_from) / CONFIG_NAME)
+            base_dir = resolve_model_folder(cfg.init_from)
+            wanted = HieraQueryConfig.load(base_dir / CONFIG_NAME)
         overrides = cfg.config_overrides()
         if wanted is not None:
             wanted = dataclasses.replace(wanted, **overrides)
+            if cfg.dit_blocks is not None and cfg.dit_blocks != (depth := dit_depth(wanted, base_dir)):
+                wanted = deepened(wanted, depth, cfg.dit_blocks)  # what the run trains: the model after --dit-blocks
         if resume_dir is not None:
             folder = resume_dir / st.MODEL_DIR
             saved = HieraQueryConfig.load(folder / CONFIG_NAME)
