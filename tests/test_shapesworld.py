@@ -277,8 +277,11 @@ def test_shape_binding_says_which_named_shape_was_painted_twice():
                ("a circle and a square", two("triangle", "square")),
                ("a circle and a square", sw.render(sw.Scene([obj("red", "circle", 5, 5)]))),  # one object: not counted
                ("a circle above a circle", two("circle", "circle")), ("a red circle", two("circle", "square"))]  # not two shapes
-    assert sw.shape_binding(results) == {"right": 0.4, "first shape twice": 0.2, "second shape twice": 0.2, "other": 0.2, "n": 5}
-    assert sw.shape_binding([("a red circle", two("circle", "square"))]) == {**dict.fromkeys(sw.evaluate.SHAPE_BINDINGS, 0.0), "n": 0}
+    assert sw.shape_binding(results) == {"right": 0.4, "first shape twice": 0.2, "second shape twice": 0.2, "other": 0.2, "n": 5,
+                                         "first named on the left": 0.5}
+    assert sw.shape_binding([("a red circle", two("circle", "square"))]) == {**dict.fromkeys(sw.evaluate.SHAPE_BINDINGS, 0.0), "n": 0,
+                                                                            "first named on the left": 0.0}
+    assert sw.shape_binding([("a circle and a square", two("circle", "square"))])["first named on the left"] == 1.0
 
 
 def test_parse_image_finds_objects_and_ignores_noise():

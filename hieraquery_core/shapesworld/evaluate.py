@@ -295,19 +295,27 @@ def shape_binding(results: Iterable[tuple[str, np.ndarray]]) -> dict[str, float 
     :data:`SHAPE_BINDINGS` outcome (both shapes right; the shape named first, or second, painted on both objects;
     anything else), and ``n`` = how many images that is. A model that does not bind each shape to its own object
     paints one of the named shapes twice, as text-to-image models "leak" attributes between objects.
+    ``first named on the left``: of the right images, the share whose left object (by box centre x) has the shape named
+    first, as in a caption (about a half for a model that places them either way; 1 for one trained in caption order,
+    ``train_pairs(caption_order=True)``).
     """
     outcomes: Counter = Counter()
+    first_left = 0
     for prompt, image in results:
         wanted = [o.shape for o in parse_prompt(prompt).objects]
         if len(wanted) != 2 or wanted[0] == wanted[1]:
             continue
-        painted = sorted(o.shape for o in parse_image(image))
+        objects = parse_image(image)
+        painted = sorted(o.shape for o in objects)
         if len(painted) != 2:
             continue
         by_outcome = {"right": sorted(wanted), "first shape twice": [wanted[0]] * 2, "second shape twice": [wanted[1]] * 2}
-        outcomes[next((k for k, v in by_outcome.items() if v == painted), "other")] += 1
+        outcome = next((k for k, v in by_outcome.items() if v == painted), "other")
+        outcomes[outcome] += 1
+        first_left += outcome == "right" and min(objects, key=lambda o: (o.cx, o.cy)).shape == wanted[0]
     n = sum(outcomes.values())
-    return {**{k: outcomes[k] / n if n else 0.0 for k in SHAPE_BINDINGS}, "n": n}
+    return {**{k: outcomes[k] / n if n else 0.0 for k in SHAPE_BINDINGS}, "n": n,
+            "first named on the left": first_left / outcomes["right"] if outcomes["right"] else 0.0}
 
 
 # --- edits ---------------------------------------------------------------------------------
