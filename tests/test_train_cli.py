@@ -13,7 +13,7 @@ from PIL import Image
 from hieraquery_core.checkpoint import load_checkpoint
 from hieraquery_core.config import HieraQueryConfig
 from hieraquery_core.tiny import tiny_config
-from train.train import TrainConfig, Trainer, main, train
+from train.train import TrainConfig, Trainer, dit_depth, main, train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -237,3 +237,18 @@ def test_dit_blocks_flag_grows_the_init_models_dit_and_training_wakes_the_new_bl
     assert len(again.dit.blocks) == 4 and again.dit.softmax_self_attention_blocks() == [1, 3]
     assert main([*common, "--init-from", str(tmp_path / "run" / "final"), "--dit-blocks", "3", "--out", str(tmp_path / "fewer")]) == 2
     assert "give more than that" in capsys.readouterr().err
+
+
+def test_dit_depth_reads_the_inline_config_its_default_or_the_dit_folder(tmp_path):
+    """What ``--dit-blocks`` grows from (and what a resumed grown run is compared with): the DiT's block count."""
+    import dataclasses
+
+    from hieraquery_core.checkpoint import save_checkpoint
+    from tests.tiny_models import make_model
+
+    config = tiny_config("sana", "qwen2_5_vl", "pixel")
+    assert dit_depth(config, None) == 2
+    unstated = dataclasses.replace(config, dit=dataclasses.replace(config.dit, config={k: v for k, v in config.dit.config.items() if k != "num_layers"}))
+    assert dit_depth(unstated, None) == 20  # diffusers' SanaTransformer2DModel default
+    folder = save_checkpoint(make_model(seed=2), tmp_path / "ckpt")
+    assert dit_depth(HieraQueryConfig.load(folder / "config.json"), folder) == 2

@@ -27,6 +27,7 @@ import argparse
 import copy
 import dataclasses
 import importlib
+import inspect
 import json
 import logging
 import math
@@ -48,7 +49,7 @@ from torch import nn
 from hieraquery_core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint, save_checkpoint
 from hieraquery_core.config import HieraQueryConfig
 from hieraquery_core.errors import HieraQueryError, require
-from hieraquery_core.backbones import resolve_folder
+from hieraquery_core.backbones import DIT_CLASSES, resolve_folder
 from hieraquery_core.model import HieraQuery, TrainingBatch, deepened
 
 from . import state as st
@@ -216,7 +217,8 @@ def dit_depth(config: HieraQueryConfig, base_dir: Path | None) -> int:
     """How many blocks the DiT of ``config`` has (its inline config, or the config.json of its folder)."""
     if config.dit.path:
         return int(json.loads((resolve_folder(config.dit.path, base_dir, "DiT") / "config.json").read_text())["num_layers"])
-    return int(config.dit.config["num_layers"])
+    default = inspect.signature(DIT_CLASSES[config.dit.kind]).parameters["num_layers"].default  # a config that leaves it out
+    return int(config.dit.config.get("num_layers", default))
 
 
 def check_compatible(saved: HieraQueryConfig, wanted: HieraQueryConfig, where: Path) -> None:
