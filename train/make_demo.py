@@ -90,8 +90,9 @@ def stage_config(stage: str, out: Path, steps: int, batch: int, lr: float, seed:
                  dropped_prompt_keeps_image: bool | None = None, edit_distractors: float = 0.0, caption_order: bool = False) -> TrainConfig:
     """The trainer settings of one ShapesWorld stage with the demo recipe (see the module docstring);
     ``replay_share`` applies to the reconstruction and edit stages only; ``mllm`` replaces ``init_from``'s MLLM;
-    ``read_source`` widens the DiT to read the input image's latents; ``dit_blocks`` grows it to that many blocks (``softmax_new_blocks``: with softmax self-attention); ``dropped_prompt_keeps_image`` sets the
-    model config's field of that name (None: as it is); ``edit_distractors`` applies to the edit stage only;
+    ``read_source`` widens the DiT to read the input image's latents; ``dit_blocks`` grows it to that many blocks
+    (``softmax_new_blocks``: with softmax self-attention); ``dropped_prompt_keeps_image`` sets the model config's field
+    of that name (None: as it is); ``edit_distractors`` applies to the edit stage only;
     ``caption_order`` lays out the text-to-image scenes in prompt order (every stage's, replayed ones too)."""
     return TrainConfig(stage=stage, out=str(out), config=config, init_from=None if init_from is None else str(init_from),
                        mllm=None if mllm is None else str(mllm), read_source=read_source, dit_blocks=dit_blocks, softmax_new_blocks=softmax_new_blocks, data="shapesworld",
