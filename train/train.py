@@ -46,10 +46,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from hieraquery_core.backbones import DIT_CLASSES, resolve_folder
 from hieraquery_core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint, save_checkpoint
 from hieraquery_core.config import HieraQueryConfig
 from hieraquery_core.errors import HieraQueryError, require
-from hieraquery_core.backbones import DIT_CLASSES, resolve_folder
 from hieraquery_core.model import HieraQuery, TrainingBatch, deepened
 
 from . import state as st
@@ -214,11 +214,10 @@ def architecture(config: HieraQueryConfig) -> dict[str, Any]:
 
 
 def dit_depth(config: HieraQueryConfig, base_dir: Path | None) -> int:
-    """How many blocks the DiT of ``config`` has (its inline config, or the config.json of its folder)."""
-    if config.dit.path:
-        return int(json.loads((resolve_folder(config.dit.path, base_dir, "DiT") / "config.json").read_text())["num_layers"])
-    default = inspect.signature(DIT_CLASSES[config.dit.kind]).parameters["num_layers"].default  # a config that leaves it out
-    return int(config.dit.config.get("num_layers", default))
+    """How many blocks the DiT of ``config`` has (its inline config, or the diffusers config of its folder)."""
+    cls = DIT_CLASSES[config.dit.kind]
+    stated = cls.load_config(resolve_folder(config.dit.path, base_dir, "DiT")) if config.dit.path else config.dit.config
+    return int(stated.get("num_layers", inspect.signature(cls).parameters["num_layers"].default))  # the class default where left out
 
 
 def check_compatible(saved: HieraQueryConfig, wanted: HieraQueryConfig, where: Path) -> None:
