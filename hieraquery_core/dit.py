@@ -8,9 +8,10 @@ the DiT which scale it paints. It also exposes the token output of any block, fo
 representation alignment of section 3.2, and caches the caption path while a condition stays fixed
 (:meth:`DiffusionTransformer.constant_condition`, used by every denoising loop of the pipeline).
 
-Project extension (not in the paper): a DiT may also read the latents of an input image, concatenated to
-its noisy latents along the channels as InstructPix2Pix does (:meth:`DiffusionTransformer.add_input_channels`,
-``HieraQuery.read_source``); see docs/design.md, "Editing that keeps the picture". A trained SANA DiT may also
+Project extensions (not in the paper): a DiT may also read the latents of an input image or of the previous
+scale's image, concatenated to its noisy latents along the channels as InstructPix2Pix does
+(:meth:`DiffusionTransformer.add_input_channels`, ``HieraQuery.read_source`` and ``HieraQuery.read_coarse``);
+see docs/design.md, "Editing that keeps the picture" and "Finer scales that read the coarser image". A trained SANA DiT may also
 grow deeper without changing what it paints (:meth:`DiffusionTransformer.deepen`, ``HieraQuery.deepen_dit``).
 """
 
@@ -86,15 +87,19 @@ class DiffusionTransformer(nn.Module):
         return self._patch_embedding().proj
 
     @torch.no_grad()
-    def add_input_channels(self, extra: int) -> None:
+    def add_input_channels(self, extra: int, at: int | None = None) -> None:
         """Widen the input by ``extra`` channels whose weights start at zero, so the DiT computes exactly what it
-        did until training teaches it to use them (InstructPix2Pix, Brooks et al. 2023, section 3.4).
-        The output keeps its channels; the diffusers config records both, so the widened DiT saves and loads."""
+        did until training teaches it to use them (InstructPix2Pix, Brooks et al. 2023, section 3.4). They go at
+        channel ``at`` (default: after the last). The output keeps its channels; the diffusers config records
+        both, so the widened DiT saves and loads."""
         require(extra > 0, f"extra input channels must be positive, got {extra}")
         old = self.patch_projection()
+        at = old.in_channels if at is None else at
+        require(0 <= at <= old.in_channels, f"new input channels go at 0..{old.in_channels}, got {at}")
         new = type(old)(old.in_channels + extra, old.out_channels, old.kernel_size, old.stride, old.padding, bias=old.bias is not None).to(old.weight)
         new.weight.zero_()
-        new.weight[:, : old.in_channels] = old.weight
+        new.weight[:, :at] = old.weight[:, :at]
+        new.weight[:, at + extra :] = old.weight[:, at:]
         if old.bias is not None:
             new.bias.copy_(old.bias)
         self._patch_embedding().proj = new
@@ -144,16 +149,16 @@ class DiffusionTransformer(nn.Module):
         self.transformer.transformer_blocks = nn.ModuleList(grown)
         self.transformer.register_to_config(num_layers=num_layers)
 
-    def forward(self, latents: torch.Tensor, sigma: torch.Tensor, condition: ScaleCondition, source: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, latents: torch.Tensor, sigma: torch.Tensor, condition: ScaleCondition, extra: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted velocity (noise - data) at noise level ``sigma`` ([B] or scalar, in [0, 1]).
 
-        ``source``: latents of an input image, concatenated along the channels (a DiT widened by
-        :meth:`add_input_channels`). Inputs are cast to the transformer's dtype and the output back to the
+        ``extra``: latents read beside the noisy ones (an input image's, the previous scale's), concatenated along the
+        channels (a DiT widened by :meth:`add_input_channels`). Inputs are cast to the transformer's dtype and the output back to the
         latents' dtype, so a bf16 DiT can be driven by float32 scheduler state.
         """
         dtype = self.transformer.dtype
         timestep = (sigma * 1000.0).to(dtype).expand(latents.shape[0])
-        hidden = latents if source is None else torch.cat([latents, source.to(latents.dtype)], dim=1)
+        hidden = latents if extra is None else torch.cat([latents, extra.to(latents.dtype)], dim=1)
         kwargs = {"hidden_states": hidden.to(dtype), "encoder_hidden_states": condition.tokens.to(dtype), "timestep": timestep, "return_dict": False}
         if self.kind == "sd3":
             kwargs["pooled_projections"] = condition.pooled.to(dtype)

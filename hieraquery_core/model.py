@@ -12,9 +12,12 @@ probability ``prompt_dropout`` and, where there are input images (editing, recon
 black with probability ``image_dropout`` (optionally a dropped prompt keeps the input image as the target:
 ``HieraQueryConfig.dropped_prompt_keeps_image``).
 
-Project extension (not in the paper, off unless the DiT is widened): the DiT may also read the input image's
+Project extensions (not in the paper, off unless the DiT is widened): the DiT may also read the input image's
 latents at each scale (:meth:`HieraQuery.read_source`, InstructPix2Pix's concatenation), so an edit can keep
-everything it does not change; docs/design.md, "Editing that keeps the picture".
+everything it does not change (docs/design.md, "Editing that keeps the picture"), and the previous scale's image
+(:meth:`HieraQuery.read_coarse`, cascaded diffusion's low-resolution conditioning), so a finer scale paints from
+noise where the coarser one put things (docs/design.md, "Finer scales that read the coarser image").
+The DiT's input channels are, in order: the noisy latents, the input image's, the previous scale's.
 """
 
 from __future__ import annotations
@@ -77,9 +80,11 @@ class HieraQuery(nn.Module):
         self.dit = dit
         self.codec = codec
         self.source_dir: Path | None = None  # where relative backbone paths point (the checkpoint folder); set by from_config
-        require(dit.in_channels in (codec.channels, 2 * codec.channels) and dit.out_channels == codec.channels,
-                f"the DiT takes {dit.in_channels} input and gives {dit.out_channels} output channels but the {codec.kind} codec has {codec.channels}; "
-                f"set dit.config in_channels to {codec.channels} (or {2 * codec.channels} to read the input image's latents too) and out_channels to {codec.channels}")
+        own = codec.channels * (1 + (config.coarse_input_noise is not None))
+        require(dit.in_channels in (own, own + codec.channels) and dit.out_channels == codec.channels,
+                f"the DiT takes {dit.in_channels} input and gives {dit.out_channels} output channels but the {codec.kind} codec has {codec.channels}"
+                f"{' and coarse_input_noise is set' if own > codec.channels else ''}; set dit.config in_channels to {own} "
+                f"(or {own + codec.channels} to read the input image's latents too) and out_channels to {codec.channels}")
         self.aligner = None
         if config.alignment.weight > 0:
             require(mllm.supports_images, "representation alignment needs the MLLM's vision encoder; set alignment.weight to 0 for a text-only MLLM")
@@ -114,18 +119,41 @@ class HieraQuery(nn.Module):
 
     @property
     def reads_source(self) -> bool:
-        """Whether the DiT also reads the input image's latents (its input is twice the codec's channels)."""
-        return self.dit.in_channels == 2 * self.codec.channels
+        """Whether the DiT also reads the input image's latents (codec channels beyond its own and the coarse ones)."""
+        return self.dit.in_channels == self.codec.channels * (2 + self.reads_coarse)
+
+    @property
+    def reads_coarse(self) -> bool:
+        """Whether the DiT also reads the previous scale's image (``config.coarse_input_noise`` is set)."""
+        return self.config.coarse_input_noise is not None
 
     def read_source(self) -> None:
         """Let the DiT read the input image's latents from now on: its input widens by the codec's channels with
-        zero weights, so the model paints exactly as before until a stage with input images trains them.
-        Does nothing when it already reads them."""
+        zero weights (after the noisy latents), so the model paints exactly as before until a stage with input
+        images trains them. Does nothing when it already reads them."""
         if not self.reads_source:
+            self.dit.add_input_channels(self.codec.channels, at=self.codec.channels)
+            self._record_in_channels()
+
+    def read_coarse(self, noise: float) -> None:
+        """Let the DiT read the previous scale's image from now on (project extension, docs/design.md, "Finer scales that
+        read the coarser image"): its input widens by the codec's channels with zero weights (the last channels), so
+        the model paints exactly as before until training teaches it to use them. In training, scale k reads the target
+        at scale k-1's size, upsampled, its latents noised to a level drawn uniformly in [0, ``noise``] (the conditioning
+        augmentation of cascaded diffusion, Ho et al. 2022, section 3.2); the coarsest scale reads zeros. A model that
+        already reads it only takes the new ``noise``."""
+        require(0.0 <= noise < 1.0, f"the coarse input's noise level must be in [0, 1), got {noise}")
+        if not self.reads_coarse:
             self.dit.add_input_channels(self.codec.channels)
-            if self.config.dit.config is not None:  # a new config, as replace_mllm makes: the caller's stays as it was
-                widened = {**self.config.dit.config, "in_channels": self.dit.in_channels, "out_channels": self.codec.channels}
-                self.config = dataclasses.replace(self.config, dit=dataclasses.replace(self.config.dit, config=widened))
+        self.config = dataclasses.replace(self.config, coarse_input_noise=float(noise))
+        self._record_in_channels()
+
+    def _record_in_channels(self) -> None:
+        """Write a widened DiT's channels into an inline DiT config (a new config, as replace_mllm makes: the caller's
+        stays as it was); a DiT from a folder records them in its own diffusers config."""
+        if self.config.dit.config is not None:
+            widened = {**self.config.dit.config, "in_channels": self.dit.in_channels, "out_channels": self.codec.channels}
+            self.config = dataclasses.replace(self.config, dit=dataclasses.replace(self.config.dit, config=widened))
 
     def deepen_dit(self, num_layers: int, softmax: bool = False) -> None:
         """Grow the DiT to ``num_layers`` blocks, painting exactly as before (:meth:`DiffusionTransformer.deepen`; ``softmax``:
@@ -150,6 +178,24 @@ class HieraQuery(nn.Module):
             pixels = images if isinstance(images, torch.Tensor) else torch.stack([resize(images[i][0][None], size)[0] for i in rows])
             out[rows] = self.codec.encode(to_signed(resize(pixels.to(self.device), size))).to(self.dtype)
         return out
+
+    def coarse_latents(self, previous: torch.Tensor | None, batch: int, size: tuple[int, int],
+                       generator: torch.Generator | None = None, augment: bool = False) -> torch.Tensor:
+        """The latents the DiT reads as the previous scale's image at a scale of ``size`` pixels (:meth:`read_coarse`):
+        ``previous`` (pixels [B or 1, 3, h, w] in [0, 1], any size) upsampled to ``size``, or zeros at the coarsest
+        scale (``previous`` None). ``augment`` (training) noises them to a level drawn uniformly in [0, ``coarse_input_noise``]."""
+        if previous is None:
+            return self.source_latents(None, batch, size)
+        latents = self.source_latents(previous.expand(batch, -1, -1, -1), batch, size)
+        if not augment or not self.config.coarse_input_noise:
+            return latents
+        levels = torch.rand(batch, generator=generator).to(latents.device) * self.config.coarse_input_noise
+        return noisy_latents(latents, randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype), levels)
+
+    def dit_inputs(self, source: torch.Tensor | None, coarse: torch.Tensor | None) -> torch.Tensor | None:
+        """The latents the DiT reads beside its noisy ones, in channel order (input image, previous scale), or None."""
+        extra = [x for x in (source, coarse) if x is not None]
+        return torch.cat(extra, dim=1) if extra else None
 
     @property
     def device(self) -> torch.device:
@@ -238,10 +284,12 @@ class HieraQuery(nn.Module):
         """Eq. 5's flow-matching loss of every scale for given conditions (and, with the MLLM's vision
         ``features`` of the targets, section 3.2's alignment losses): the part of :meth:`training_loss` after
         encoding, so a held-out loss can reuse one encoding for several noise levels. ``images``: the input
-        images, which a DiT that :attr:`reads_source` also reads."""
+        images, which a DiT that :attr:`reads_source` also reads; a DiT that :attr:`reads_coarse` reads the targets
+        at the previous scale's size."""
         flow, align = [], []
         aligned = self.aligner is not None and features is not None
-        for condition, size in zip(conditions, self.scale_sizes(*targets.shape[-2:])):
+        sizes = self.scale_sizes(*targets.shape[-2:])
+        for k, (condition, size) in enumerate(zip(conditions, sizes)):
             x0 = self.codec.encode(to_signed(resize(targets, size))).to(self.dtype)
             noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
             if sigma is None:
@@ -249,9 +297,10 @@ class HieraQuery(nn.Module):
             else:
                 sigmas = torch.full((x0.shape[0],), sigma, device=x0.device)
             source = self.source_latents(images, x0.shape[0], size) if self.reads_source else None
+            coarse = self.coarse_latents(resize(targets, sizes[k - 1]) if k else None, x0.shape[0], size, generator, augment=True) if self.reads_coarse else None
             capture = self.dit.capture_block(self.config.alignment.block) if aligned else nullcontext([])
             with capture as captured:
-                velocity = self.dit(noisy_latents(x0, noise, sigmas), sigmas, condition, source)
+                velocity = self.dit(noisy_latents(x0, noise, sigmas), sigmas, condition, self.dit_inputs(source, coarse))
             flow.append(flow_matching_loss(velocity, x0, noise))
             if aligned:
                 grid = (x0.shape[-2] // self.dit.patch_size, x0.shape[-1] // self.dit.patch_size)

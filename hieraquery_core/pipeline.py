@@ -205,8 +205,9 @@ class HieraQueryPipeline:
     ) -> torch.Tensor:
         """Denoise scale k at ``size`` (pixels): the codec's latents [B * images_per_prompt, C, h/f, w/f] (float32).
 
-        ``init`` (pixels in [0, 1], any size) with ``strength`` < 1 starts from that image re-noised (with strength 1 it is unused):
-        the alignment-aware refinement from the previous scale.
+        ``init`` (pixels in [0, 1], any size) with ``strength`` < 1 starts from that image re-noised: the alignment-aware
+        refinement from the previous scale. A model that :attr:`~HieraQuery.reads_coarse` also reads ``init`` as the
+        previous scale's image, whatever the strength (zeros without one: the coarsest scale).
         """
         model = self.model
         require(0 <= k < encoded.num_scales, f"scale {k} does not exist; this model has scales 0..{encoded.num_scales - 1}")
@@ -222,6 +223,11 @@ class HieraQueryPipeline:
                 if id(x) not in latents_of:
                     latents_of[id(x)] = model.source_latents(None if x is None else as_pixels(x), batch // images_per_prompt, size)
             source = torch.cat([latents_of[id(x)].repeat_interleave(images_per_prompt, 0) for x in inputs]).float()
+        init = None if init is None or (strength >= 1.0 and not model.reads_coarse) else as_pixels(init).to(model.device)
+        if init is not None:
+            require(init.shape[0] in (1, batch), f"the init image batch ({init.shape[0]}) does not match the batch being sampled ({batch})")
+        coarse = model.coarse_latents(init, batch, size).float().repeat(len(conditions), 1, 1, 1) if model.reads_coarse else None
+        extra = model.dit_inputs(source, coarse)
         factor = model.codec.downsample
         shape = (batch, model.codec.channels, size[0] // factor, size[1] // factor)
         generator = torch.Generator("cpu").manual_seed((int(seed) + k) % 2**64)  # any 64-bit seed, as ComfyUI draws them
@@ -230,18 +236,16 @@ class HieraQueryPipeline:
         scheduler.set_timesteps(steps, device=model.device)
         timesteps = scheduler.timesteps
         latents = noise
-        if init is not None and strength < 1.0:
+        if init is not None and strength < 1.0:  # the refinement
             start = steps - refined_steps(steps, strength)
             timesteps = timesteps[start:]
             scheduler.set_begin_index(start)
-            init = as_pixels(init).to(model.device)
-            require(init.shape[0] in (1, batch), f"the init image batch ({init.shape[0]}) does not match the batch being sampled ({batch})")
             init_latents = model.codec.encode(to_signed(resize(init, size))).float().expand(batch, -1, -1, -1)
             latents = scheduler.scale_noise(init_latents, timesteps[:1], noise)
         merged = ScaleCondition.cat(conditions)
         with model.dit.constant_condition():
             for i, t in enumerate(timesteps):
-                velocity = model.dit(latents.repeat(len(conditions), 1, 1, 1), t / 1000.0, merged, source).float()
+                velocity = model.dit(latents.repeat(len(conditions), 1, 1, 1), t / 1000.0, merged, extra).float()
                 latents = scheduler.step(combine(list(velocity.chunk(len(conditions)))), t, latents, return_dict=False)[0]
                 if callback is not None:
                     callback(k, i + 1, len(timesteps), latents)

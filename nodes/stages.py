@@ -84,7 +84,7 @@ class HieraQueryScaleSampler(io.ComfyNode):
                 batch_size_input(),
                 refine_strength_input(),
                 io.Image.Input("previous", optional=True,
-                               tooltip="Optional: the previous (coarser) scale's image to refine from; used only when refine_strength is below 1."),
+                               tooltip="Optional: the previous (coarser) scale's image. Refined from when refine_strength is below 1; a checkpoint trained with --coarse-input also reads it at any strength."),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="This scale's image(s), at the scale's own resolution."),

@@ -216,6 +216,34 @@ def test_read_source_flag_widens_the_init_models_dit_and_the_edit_stage_trains_t
     assert load_checkpoint(tmp_path / "again" / "final").reads_source
 
 
+def test_coarse_input_flag_widens_the_init_models_dit_trains_it_and_must_match_on_resume(data, tmp_path, capsys):
+    """``--coarse-input NOISE``: the DiT of the --init-from model also reads the previous scale's image, from zero weights
+    that text-to-image training wakes; the level is recorded, compared on resume, and kept by later runs (or replaced)."""
+    from hieraquery_core.checkpoint import save_checkpoint
+    from tests.tiny_models import make_model
+
+    start = save_checkpoint(make_model(seed=2), tmp_path / "start")
+    common = ["--stage", "t2i", "--data", str(data / "pairs.jsonl"), "--batch-size", "2", "--no-progress", "--lr", "1e-3", "--save-every", "1"]
+    run = [*common, "--init-from", str(start), "--out", str(tmp_path / "run")]
+    assert main([*run, "--steps", "2", "--coarse-input", "0.2"]) == 0
+    trained = load_checkpoint(tmp_path / "run" / "final")
+    assert trained.reads_coarse and trained.config.coarse_input_noise == 0.2 and not trained.reads_source
+    assert trained.dit.patch_projection().weight[:, trained.codec.channels:].abs().sum() > 0
+    assert "now also reads the previous scale's image" in (tmp_path / "run" / "train.log").read_text()
+    assert main([*run, "--steps", "3", "--coarse-input", "0.2", "--resume"]) == 0 and "resumed at step 2" in (tmp_path / "run" / "train.log").read_text()
+    capsys.readouterr()
+    assert main([*run, "--steps", "4", "--resume"]) == 2
+    assert "coarse_input_noise: checkpoint 0.2 vs this run None" in capsys.readouterr().err
+    later = [*common, "--steps", "1", "--init-from", str(tmp_path / "run" / "final")]
+    assert main([*later, "--out", str(tmp_path / "kept")]) == 0
+    assert load_checkpoint(tmp_path / "kept" / "final").config.coarse_input_noise == 0.2
+    assert main([*later, "--coarse-input", "0.1", "--out", str(tmp_path / "lower")]) == 0
+    lower = load_checkpoint(tmp_path / "lower" / "final")
+    assert lower.config.coarse_input_noise == 0.1 and lower.dit.in_channels == 2 * lower.codec.channels
+    assert main([*later, "--coarse-input", "1", "--out", str(tmp_path / "bad")]) == 2
+    assert "noise level must be in [0, 1), got 1.0" in capsys.readouterr().err
+
+
 def test_dit_blocks_flag_grows_the_init_models_dit_and_training_wakes_the_new_blocks(data, tmp_path, capsys):
     """``--dit-blocks N``: the --init-from model's DiT grows to N blocks whose new residual branches start at zero and
     train (``--softmax-new-blocks``: with softmax self-attention); a later run from that model keeps its depth and

@@ -77,6 +77,8 @@ class TrainConfig:
     """Grow the model's DiT to this many blocks (``HieraQuery.deepen_dit``: the new ones start as the identity)."""
     softmax_new_blocks: bool = False
     """With ``dit_blocks``: the new blocks' self-attention is softmax attention instead of SANA's linear attention."""
+    coarse_input: float | None = None
+    """Let the DiT read the previous scale's image, its training copies noised up to this level (``HieraQuery.read_coarse``)."""
     data: str | None = None
     steps: int | None = None
     epochs: float | None = None
@@ -201,7 +203,7 @@ def config_base_dir(config: HieraQueryConfig, config_path: Path) -> Path | None:
 
 
 COMPARED = ("scales", "image_size", "alignment", "timestep_sampling", "timestep_logit_mean", "timestep_logit_std", "prompt_dropout", "image_dropout",
-            "dropped_prompt_keeps_image")
+            "dropped_prompt_keeps_image", "coarse_input_noise")
 
 
 def architecture(config: HieraQueryConfig) -> dict[str, Any]:
@@ -378,8 +380,9 @@ class Trainer:
         if resume_dir is not None:
             folder = resume_dir / st.MODEL_DIR
             saved = HieraQueryConfig.load(folder / CONFIG_NAME)
-            if wanted is not None:
-                check_compatible(saved, wanted, resume_dir)
+            if wanted is not None:  # what the run trains: the model after --coarse-input
+                coarse = wanted.coarse_input_noise if cfg.coarse_input is None else cfg.coarse_input
+                check_compatible(saved, dataclasses.replace(wanted, coarse_input_noise=coarse), resume_dir)
             self.log(f"resuming from {resume_dir}")
             return load_checkpoint(folder)
         if cfg.init_from:
@@ -399,6 +402,9 @@ class Trainer:
         if cfg.read_source and not model.reads_source:
             model.read_source()
             self.log(f"the DiT now also reads the input image's latents ({model.dit.in_channels} input channels, the new ones zero)")
+        if cfg.coarse_input is not None and cfg.coarse_input != model.config.coarse_input_noise:
+            model.read_coarse(cfg.coarse_input)
+            self.log(f"the DiT now also reads the previous scale's image ({model.dit.in_channels} input channels), noised up to {cfg.coarse_input} in training")
         if cfg.dit_blocks is not None and cfg.dit_blocks != len(model.dit.blocks):
             model.deepen_dit(cfg.dit_blocks, cfg.softmax_new_blocks)
             self.log(f"the DiT now has {cfg.dit_blocks} blocks (the new ones start as the identity; alignment reads block {model.config.alignment.block}; "
@@ -769,6 +775,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grow the model's SANA DiT to this many blocks, each new one a copy of the block before it that starts as the identity (a project extension: more capacity without retraining)")
     p.add_argument("--softmax-new-blocks", action="store_true",
                    help="with --dit-blocks: the new blocks' self-attention is softmax attention (torch SDPA) instead of SANA's linear attention")
+    p.add_argument("--coarse-input", type=float, metavar="NOISE",
+                   help="widen the DiT to also read the previous scale's image, upsampled (cascaded diffusion's low-resolution conditioning, zero-initialised; "
+                        "a project extension); its training copies are noised to a level drawn in [0, NOISE], e.g. 0.2")
     p.add_argument("--data", required=True, help="a folder (NAME.png + NAME.txt [+ NAME.source.png]), a .jsonl manifest, or 'shapesworld'")
     p.add_argument("--out", required=True, help="the run folder (log, checkpoints, final/)")
     p.add_argument("--steps", type=int, help="optimizer steps (or give --epochs)")
