@@ -103,18 +103,20 @@ def test_init_from_starts_the_first_stage_from_an_earlier_model(interrupted_then
     assert not (more / "reconstruction").exists() and json.loads((more / "eval.json").read_text())["checkpoint"] == str(more / "t2i" / "final")
 
 
-def test_read_source_and_dit_blocks_grow_the_init_models_dit_and_edits_are_sampled_as_asked(interrupted_then_resumed):
-    """``--read-source --dit-blocks 3 --softmax-new-blocks``: the edit stage trains a DiT that also reads the source image
-    and has a third block with softmax self-attention (the tiny model has two); the evaluation samples edits
+def test_read_source_coarse_input_and_dit_blocks_grow_the_init_models_dit_and_edits_are_sampled_as_asked(interrupted_then_resumed):
+    """``--read-source --coarse-input 0.2 --dit-blocks 3 --softmax-new-blocks``: the edit stage trains a DiT that also reads
+    the source image and the previous scale's, and has a third block with softmax self-attention (the tiny model has two); the evaluation samples edits
     at ``--edit-refine-strength`` and ``--edit-guidance``, text-to-image at ``--refine-strength``."""
     root, *_ = interrupted_then_resumed
     out = root / "reads-source"
-    args = demo_args(root, "--init-from", str(root / "runs" / "t2i" / "final"), "--read-source", "--dit-blocks", "3", "--softmax-new-blocks", "--steps", "0,0,1", "--no-publish",
+    args = demo_args(root, "--init-from", str(root / "runs" / "t2i" / "final"), "--read-source", "--coarse-input", "0.2", "--dit-blocks", "3", "--softmax-new-blocks",
+                     "--steps", "0,0,1", "--no-publish",
                      "--refine-strength", "0.5", "--edit-refine-strength", "0.75", "--edit-guidance", "2.5")
     args[args.index("--runs") + 1] = str(out)
     assert make_demo.main(args) == 0
     grown, before = load_checkpoint(out / "edit" / "final"), load_checkpoint(root / "runs" / "t2i" / "final")
-    assert grown.reads_source and not before.reads_source
+    assert grown.reads_source and not before.reads_source and grown.config.coarse_input_noise == 0.2 and not before.reads_coarse
+    assert grown.dit.in_channels == 3 * grown.codec.channels
     assert (len(grown.dit.blocks), len(before.dit.blocks), grown.dit.softmax_self_attention_blocks()) == (3, 2, [2])
     settings = json.loads((out / "eval.json").read_text())["settings"]
     assert (settings["refine_strength"], settings["edit_refine_strength"], settings["edit_guidance"]) == (0.5, 0.75, 2.5)
