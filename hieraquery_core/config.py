@@ -116,6 +116,12 @@ class HieraQueryConfig:
     whose input image is kept trains towards that input image instead of its target, so the image-only
     guidance branch of editing learns stage 2's reconstruction (section 4.2) rather than an average edit;
     ``HieraQuery.drop_conditions``, docs/design.md "What an empty instruction means"."""
+    prompt_tokens: int = 0
+    """Project extension (0, off: the DiT reads the query states alone, as in the paper): the MLLM's last hidden states
+    at the last ``prompt_tokens`` positions of the prompt (instruction and image tokens included; zeros where a
+    shorter prompt leaves room) go before each scale's query states into the connector, so the DiT also reads one
+    token per word, as text-to-image models read a text encoder's states (``FrozenMLLM.forward``, docs/design.md
+    "The prompt's own tokens beside the queries")."""
     coarse_input_noise: float | None = None
     """Project extension (None, off: each scale paints from its queries alone, as in the paper): the DiT also reads
     the previous scale's image, its training copies noised up to this level (``HieraQuery.read_coarse``,
@@ -142,6 +148,7 @@ class HieraQueryConfig:
         resolutions = [s.resolution for s in self.scales]
         require(resolutions == sorted(resolutions), f"scales must go coarse to fine; got resolutions {resolutions}")
         require(self.timestep_sampling in ("uniform", "logit_normal"), "timestep_sampling must be 'uniform' or 'logit_normal'")
+        require(self.prompt_tokens >= 0, f"prompt_tokens is {self.prompt_tokens}; give 0 (query states only) or a positive number of prompt positions")
         require(self.coarse_input_noise is None or 0.0 <= self.coarse_input_noise < 1.0,
                 f"coarse_input_noise is {self.coarse_input_noise}; it must be in [0, 1) (or null: the DiT does not read the previous scale)")
         require(self.timestep_logit_std > 0, f"timestep_logit_std is {self.timestep_logit_std}; it must be positive (SD3 uses 1.0)")

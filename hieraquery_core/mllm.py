@@ -85,8 +85,13 @@ class FrozenMLLM(nn.Module):
         kwargs = {"images": [img.float().clamp(0, 1) for img in flat], "do_rescale": False} if flat else {}
         return dict(self.processor(text=texts, return_tensors="pt", padding=True, **kwargs))
 
-    def forward(self, z_input: torch.Tensor, prompts: Sequence[str], images: ImageList | None = None) -> torch.Tensor:
-        """Eq. 4: the last hidden states over Z_input, [B, len(Z_input), d]."""
+    def forward(self, z_input: torch.Tensor, prompts: Sequence[str], images: ImageList | None = None, prompt_tokens: int = 0) -> torch.Tensor:
+        """Eq. 4: the last hidden states over Z_input, [B, len(Z_input), d].
+
+        With ``prompt_tokens`` (project extension, ``HieraQueryConfig.prompt_tokens``) the states of the prompt's last
+        ``prompt_tokens`` positions come first, [B, prompt_tokens + len(Z_input), d]: a shorter prompt's are
+        right-aligned after zeros (so a prompt's states never depend on the batch it is encoded in), a longer one
+        keeps its end (for a chat template: its closing tokens and the end of the user's text)."""
         inputs = {k: v.to(self.device) for k, v in self.tokenize(prompts, images).items()}
         ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
         batch, length = ids.shape[0], z_input.shape[0]
@@ -106,7 +111,12 @@ class FrozenMLLM(nn.Module):
                 inputs.pop("mm_token_type_ids", None)
                 inputs["position_ids"] = (full_mask.cumsum(-1) - 1).clamp(min=0)
             out = self.model.model(input_ids=full_ids, inputs_embeds=embeds, attention_mask=full_mask, use_cache=False, **inputs)
-        return out.last_hidden_state[:, -length:]
+        hidden = out.last_hidden_state
+        if not prompt_tokens:
+            return hidden[:, -length:]
+        prompt = (hidden[:, :-length] * mask[..., None].to(hidden.dtype))[:, -prompt_tokens:]  # left padding: the prompt ends here
+        prompt = torch.nn.functional.pad(prompt, (0, 0, prompt_tokens - prompt.shape[1], 0))
+        return torch.cat([prompt, hidden[:, -length:]], dim=1)
 
     def vision_features(self, images: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
         """The vision encoder's (merged) patch features of a batch [B, 3, H, W] in [0, 1]: [B, h, w, D].

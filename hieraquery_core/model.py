@@ -236,10 +236,12 @@ class HieraQuery(nn.Module):
         return self.scale_sizes(height, width)[k]
 
     def encode(self, prompts: list[str], images: ImageList | None = None) -> list[torch.Tensor]:
-        """Eq. 3-4: the MLLM's hidden states at each scale's query positions, [B, N_k, d] per scale."""
+        """Eq. 3-4: the MLLM's hidden states at each scale's query positions, [B, N_k, d] per scale; with
+        ``config.prompt_tokens`` = P, the states of the prompt's last P positions before each scale's, [B, P + N_k, d]."""
         require(len(prompts) > 0, "no prompt was given")
-        hidden = self.mllm(self.queries(), prompts, images)
-        return self.queries.split(hidden.to(self.dtype))
+        count = self.config.prompt_tokens
+        hidden = self.mllm(self.queries(), prompts, images, count).to(self.dtype)
+        return [torch.cat([hidden[:, :count], states], dim=1) for states in self.queries.split(hidden[:, count:])]
 
     def condition(self, states: list[torch.Tensor]) -> list[ScaleCondition]:
         """Eq. 5's g_theta(H): per-scale DiT conditions."""

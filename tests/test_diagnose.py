@@ -12,7 +12,7 @@ import torch
 from hieraquery_core.checkpoint import save_checkpoint
 from hieraquery_core.shapesworld import spec
 from hieraquery_core.shapesworld.prompts import parse_prompt
-from train.diagnose import (BINDING_SLOTS, FACTORS, binding_probes, checkpoint_shares, factor_prompts, main, random_query_shares, ridge_accuracy,
+from train.diagnose import (BINDING_SLOTS, FACTORS, binding_probes, token_probes, checkpoint_shares, factor_prompts, main, random_query_shares, ridge_accuracy,
                             ridge_fit, slot_word, variance_shares, vision_position_probe, vision_shape_probe)
 from tests.tiny_models import make_model
 
@@ -96,6 +96,27 @@ def test_binding_probes_read_the_slots_a_condition_keeps_and_not_the_one_it_drop
     assert lost["first shape"] < 0.5 and lost["second shape"] < 0.5  # chance is a third
 
 
+class SlotTokens(WordCodes):
+    """A stand-in whose condition has one token per slot: each token codes its own slot's word, or (``mixed``) every slot's."""
+
+    def __init__(self, mixed: bool):
+        super().__init__(BINDING_SLOTS)
+        self.mixed = mixed
+
+    def encode(self, prompts):
+        width = len(spec.COLORS + spec.SHAPES)
+        codes = super().encode(prompts)[0][:, 0].reshape(len(prompts), len(BINDING_SLOTS), width)
+        return [codes.reshape(len(prompts), 1, -1).expand(-1, len(BINDING_SLOTS), -1) if self.mixed
+                else torch.nn.functional.pad(codes, (0, width * (len(BINDING_SLOTS) - 1)))]
+
+
+def test_token_probes_tell_tokens_that_hold_one_objects_shape_from_tokens_that_hold_both():
+    separate, mixed = token_probes(SlotTokens(mixed=False)), token_probes(SlotTokens(mixed=True))
+    assert separate["tokens"] == mixed["tokens"] == 4
+    assert separate["one_shape_only"] == 2 and separate["both_shapes"] == 0  # the two shape tokens, each its own
+    assert mixed["one_shape_only"] == 0 and mixed["both_shapes"] == 4 and mixed["first_shape_median"] == 1.0
+
+
 def test_checkpoint_and_mllm_reports_on_a_tiny_model(tmp_path, capsys):
     model = make_model()
     shares = checkpoint_shares(model)
@@ -116,6 +137,7 @@ def test_checkpoint_and_mllm_reports_on_a_tiny_model(tmp_path, capsys):
     assert report["conditions"] == json.loads(capsys.readouterr().out)["conditions"]
     assert list(report["binding_probes"]["conditions"]) == [s.name for s in model.config.scales]
     assert all(set(per_scale) == set(BINDING_SLOTS) for per_scale in report["binding_probes"]["conditions"].values())
+    assert report["token_probes"]["tokens"] == model.config.scales[-1].num_queries
 
 
 def test_the_command_needs_something_to_diagnose():

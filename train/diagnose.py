@@ -16,7 +16,7 @@ cannot follow it, however long it trains. This module measures, on the 36 single
 * how precisely it locates an object: a ridge regression of the object's centre from the whole feature grid
   (in-place reconstruction, the editing stage's premise, needs 2 px);
 * for a trained checkpoint, whether its conditions still bind colours to shapes in two-object prompts
-  (:func:`binding_probes`).
+  (:func:`binding_probes`), and whether single condition tokens hold one object's shape or both (:func:`token_probes`).
 
     python -m train.diagnose --mllm hieraquery_core/assets/shapesworld-mllm
     python -m train.diagnose --checkpoint hieraquery_core/assets/shapesworld-demo
@@ -138,6 +138,16 @@ def slot_word(objects: Sequence, slot: str) -> str:
     return getattr(objects[index], attribute)
 
 
+def binding_design(seed: int) -> tuple[list[str], dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Every colour-attribution prompt of the grammar (360, both styles), each :data:`BINDING_SLOTS` slot's word per
+    prompt, and a random half / other half split of the prompts (the probes' fit and test sets)."""
+    prompts = list(ALL_PROMPTS["color_attr"])
+    requirements = [parse_prompt(p).objects for p in prompts]
+    labels = {slot: np.array([slot_word(objects, slot) for objects in requirements]) for slot in BINDING_SLOTS}
+    order = np.random.default_rng(seed).permutation(len(prompts))
+    return prompts, labels, order[: len(order) // 2], order[len(order) // 2:]
+
+
 @torch.no_grad()
 def binding_probes(model: HieraQuery, seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
     """Whether a trained model's conditions still say which colour goes with which shape.
@@ -148,11 +158,7 @@ def binding_probes(model: HieraQuery, seed: int = 0) -> dict[str, dict[str, dict
     (chance: a sixth for a colour, a third for a shape; ridge penalty: the square root of the feature count).
     A slot the probe reads well reaches the DiT; a
     two-object image that still binds it wrongly is then the DiT's failure, not the condition's."""
-    prompts = list(ALL_PROMPTS["color_attr"])
-    requirements = [parse_prompt(p).objects for p in prompts]
-    labels = {slot: np.array([slot_word(objects, slot) for objects in requirements]) for slot in BINDING_SLOTS}
-    order = np.random.default_rng(seed).permutation(len(prompts))
-    train, test = order[: len(order) // 2], order[len(order) // 2:]
+    prompts, labels, train, test = binding_design(seed)
     states = model.encode(prompts)
     features = {"query_states": states, "conditions": [c.tokens for c in model.condition(states)]}
     report = {}
@@ -163,6 +169,25 @@ def binding_probes(model: HieraQuery, seed: int = 0) -> dict[str, dict[str, dict
             report[name][scale.name] = {slot: ridge_accuracy(x[train], y[train], x[test], y[test], alpha=float(x.shape[1]) ** 0.5)
                                         for slot, y in labels.items()}
     return report
+
+
+@torch.no_grad()
+def token_probes(model: HieraQuery, seed: int = 0, high: float = 0.9, low: float = 0.5) -> dict[str, float | int]:
+    """Whether single condition tokens of the finest scale hold one object's shape or both.
+
+    The DiT's cross-attention can only hand the left object one shape and the right object another if some
+    tokens say one object's shape without the other's: attention weighs tokens, it cannot pick a feature out of
+    one. A ridge probe per token (the design of :func:`binding_probes`) reads the first and the second shape of
+    the colour-attribution prompts from that token alone; counted are the tokens reading one shape at ``high`` or
+    better and the other below ``low`` (chance is a third), and those reading both at ``high``."""
+    prompts, labels, train, test = binding_design(seed)
+    x = model.condition(model.encode(prompts))[-1].tokens.double().cpu().numpy()
+    alpha = float(x.shape[2]) ** 0.5
+    first, second = (np.array([ridge_accuracy(x[train, i], labels[slot][train], x[test, i], labels[slot][test], alpha=alpha) for i in range(x.shape[1])])
+                     for slot in ("first shape", "second shape"))
+    return {"tokens": int(x.shape[1]), "first_shape_median": float(np.median(first)), "second_shape_median": float(np.median(second)),
+            "one_shape_only": int(((first >= high) & (second < low)).sum() + ((second >= high) & (first < low)).sum()),
+            "both_shapes": int(((first >= high) & (second >= high)).sum())}
 
 
 def single_object_features(mllm: FrozenMLLM, n: int, seed: int, batch: int) -> tuple[torch.Tensor, list]:
@@ -230,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         model = load_checkpoint(args.checkpoint)
         report.update(checkpoint_shares(model))
         report["binding_probes"] = binding_probes(model)
+        report["token_probes"] = token_probes(model)
     text = json.dumps(report, indent=2)
     if args.out is not None:
         args.out.write_text(text + "\n")

@@ -88,21 +88,22 @@ def stage_config(stage: str, out: Path, steps: int, batch: int, lr: float, seed:
                  config: HieraQueryConfig | None = None, init_from: Path | None = None, resume: bool = False, replay_share: float = 0.0,
                  ema_decay: float = 0.0, mllm: Path | None = None, read_source: bool = False, dit_blocks: int | None = None, softmax_new_blocks: bool = False,
                  dropped_prompt_keeps_image: bool | None = None, edit_distractors: float = 0.0, caption_order: bool = False,
-                 coarse_input: float | None = None) -> TrainConfig:
+                 coarse_input: float | None = None, prompt_tokens: int | None = None) -> TrainConfig:
     """The trainer settings of one ShapesWorld stage with the demo recipe (see the module docstring);
     ``replay_share`` applies to the reconstruction and edit stages only; ``mllm`` replaces ``init_from``'s MLLM;
     ``read_source`` widens the DiT to read the input image's latents; ``dit_blocks`` grows it to that many blocks
     (``softmax_new_blocks``: with softmax self-attention); ``dropped_prompt_keeps_image`` sets the model config's field
     of that name (None: as it is); ``edit_distractors`` applies to the edit stage only;
     ``caption_order`` lays out the text-to-image scenes in prompt order (every stage's, replayed ones too);
-    ``coarse_input`` lets the DiT read the previous scale's image (``HieraQuery.read_coarse``, that training noise)."""
+    ``coarse_input`` lets the DiT read the previous scale's image (``HieraQuery.read_coarse``, that training noise);
+    ``prompt_tokens`` sets the model config's field of that name (None: as it is)."""
     return TrainConfig(stage=stage, out=str(out), config=config, init_from=None if init_from is None else str(init_from),
                        mllm=None if mllm is None else str(mllm), read_source=read_source, dit_blocks=dit_blocks, softmax_new_blocks=softmax_new_blocks, data="shapesworld",
                        steps=steps, batch_size=batch, lr=lr, min_lr=lr * MIN_LR_FRACTION, warmup=warmup_steps(steps), weight_decay=0.0,
                        grad_clip=1.0, save_every=save_every, log_every=25, seed=seed, resume="latest" if resume else None,
                        replay_share=0.0 if stage == "t2i" else replay_share, ema_decay=ema_decay,
                        dropped_prompt_keeps_image=dropped_prompt_keeps_image, edit_distractors=edit_distractors if stage == "edit" else 0.0,
-                       caption_order=caption_order, coarse_input=coarse_input)
+                       caption_order=caption_order, coarse_input=coarse_input, prompt_tokens=prompt_tokens)
 
 
 def launch_state():
@@ -144,7 +145,7 @@ def train_stages(args: argparse.Namespace, config: HieraQueryConfig, state) -> P
                                config=config if previous is None else None, init_from=previous, resume=args.resume, replay_share=args.replay_share,
                                ema_decay=args.ema_decay, mllm=mllm, read_source=args.read_source, dit_blocks=args.dit_blocks, softmax_new_blocks=args.softmax_new_blocks,
                                dropped_prompt_keeps_image=args.dropped_prompt_keeps_image, edit_distractors=args.edit_distractors,
-                               caption_order=args.caption_order, coarse_input=args.coarse_input)
+                               caption_order=args.caption_order, coarse_input=args.coarse_input, prompt_tokens=args.prompt_tokens)
             train(cfg)
         previous, mllm = out, None
     return None if previous is None else previous / "final"
@@ -268,6 +269,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="with --dit-blocks: the new blocks' self-attention is softmax attention (train.train's flag)")
     parser.add_argument("--coarse-input", type=float, default=None, metavar="NOISE",
                         help="widen the DiT to also read the previous scale's image, its training copies noised up to NOISE (train.train's flag; docs/design.md)")
+    parser.add_argument("--prompt-tokens", type=int, default=None, metavar="P",
+                        help="the DiT also reads the MLLM's states at the prompt's last P positions (train.train's flag; docs/design.md)")
     parser.add_argument("--dropped-prompt-keeps-image", action="store_true", default=None,
                         help="an instruction dropped for guidance keeps the input image as the target (the image-only branch learns reconstruction; docs/design.md)")
     parser.add_argument("--caption-order", action="store_true",

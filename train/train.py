@@ -112,6 +112,8 @@ class TrainConfig:
     timestep_logit_mean: float | None = None
     timestep_logit_std: float | None = None
     dropped_prompt_keeps_image: bool | None = None
+    prompt_tokens: int | None = None
+    """Set the model config's ``prompt_tokens`` (the DiT also reads the prompt's own last states; None: as it is)."""
     buckets: bool = True
     image_size: int | None = None
     max_aspect: float = MAX_ASPECT_RATIO
@@ -139,10 +141,10 @@ class TrainConfig:
         require(self.timestep_logit_std is None or self.timestep_logit_std > 0, f"--timestep-logit-std {self.timestep_logit_std} must be positive (SD3 uses 1.0)")
 
     def config_overrides(self) -> dict[str, Any]:
-        """The model-config fields that --timestep-logit-mean, --timestep-logit-std and --dropped-prompt-keeps-image
-        replace (those given)."""
+        """The model-config fields that --timestep-logit-mean, --timestep-logit-std, --dropped-prompt-keeps-image and
+        --prompt-tokens replace (those given)."""
         given = {"timestep_logit_mean": self.timestep_logit_mean, "timestep_logit_std": self.timestep_logit_std,
-                 "dropped_prompt_keeps_image": self.dropped_prompt_keeps_image}
+                 "dropped_prompt_keeps_image": self.dropped_prompt_keeps_image, "prompt_tokens": self.prompt_tokens}
         return {k: v for k, v in given.items() if v is not None}
 
 
@@ -203,7 +205,7 @@ def config_base_dir(config: HieraQueryConfig, config_path: Path) -> Path | None:
 
 
 COMPARED = ("scales", "image_size", "alignment", "timestep_sampling", "timestep_logit_mean", "timestep_logit_std", "prompt_dropout", "image_dropout",
-            "dropped_prompt_keeps_image", "coarse_input_noise")
+            "dropped_prompt_keeps_image", "prompt_tokens", "coarse_input_noise")
 
 
 def architecture(config: HieraQueryConfig) -> dict[str, Any]:
@@ -818,6 +820,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropped-prompt-keeps-image", action="store_true", default=None,
                    help="a sample whose prompt is dropped for guidance but whose input image is kept trains towards that image "
                         "(\"no instruction\" = reconstruction) instead of its target; saved in the model config (default: the config's, off)")
+    p.add_argument("--prompt-tokens", type=int, metavar="P",
+                   help="the DiT also reads the MLLM's states at the prompt's last P positions, before each scale's query states "
+                        "(a project extension, docs/design.md; saved in the model config; default: the config's, 0 = the paper's queries alone)")
     p.add_argument("--no-buckets", dest="buckets", action="store_false", help="square image_size crops instead of aspect-ratio buckets")
     p.add_argument("--image-size", type=int, help="bucket area image_size^2 (default: the model's config.image_size)")
     p.add_argument("--max-aspect", type=float, default=d.max_aspect)
