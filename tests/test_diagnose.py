@@ -111,10 +111,13 @@ class SlotTokens(WordCodes):
 
 
 def test_token_probes_tell_tokens_that_hold_one_objects_shape_from_tokens_that_hold_both():
-    separate, mixed = token_probes(SlotTokens(mixed=False)), token_probes(SlotTokens(mixed=True))
-    assert separate["tokens"] == mixed["tokens"] == 4
-    assert separate["one_shape_only"] == 2 and separate["both_shapes"] == 0  # the two shape tokens, each its own
-    assert mixed["one_shape_only"] == 0 and mixed["both_shapes"] == 4 and mixed["first_shape_median"] == 1.0
+    for part in ("query_states", "conditions"):
+        separate, mixed = token_probes(SlotTokens(mixed=False))[part], token_probes(SlotTokens(mixed=True))[part]
+        assert separate["tokens"] == mixed["tokens"] == 4
+        assert separate["one_shape_only"] == 2 and separate["both_shapes"] == 0  # the two shape tokens, each its own
+        assert separate["first_shape_token"][0] == separate["second_shape_token"][0] == 1.0
+        assert separate["first_shape_token"][1] < 0.5 and separate["second_shape_token"][1] < 0.5
+        assert mixed["one_shape_only"] == 0 and mixed["both_shapes"] == 4 and mixed["first_shape_token"] == [1.0, 1.0]
 
 
 def test_checkpoint_and_mllm_reports_on_a_tiny_model(tmp_path, capsys):
@@ -137,7 +140,7 @@ def test_checkpoint_and_mllm_reports_on_a_tiny_model(tmp_path, capsys):
     assert report["conditions"] == json.loads(capsys.readouterr().out)["conditions"]
     assert list(report["binding_probes"]["conditions"]) == [s.name for s in model.config.scales]
     assert all(set(per_scale) == set(BINDING_SLOTS) for per_scale in report["binding_probes"]["conditions"].values())
-    assert report["token_probes"]["tokens"] == model.config.scales[-1].num_queries
+    assert report["token_probes"]["conditions"]["tokens"] == model.config.scales[-1].num_queries
 
 
 def test_the_command_needs_something_to_diagnose():

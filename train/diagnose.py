@@ -138,10 +138,11 @@ def slot_word(objects: Sequence, slot: str) -> str:
     return getattr(objects[index], attribute)
 
 
-def binding_design(seed: int) -> tuple[list[str], dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """Every colour-attribution prompt of the grammar (360, both styles), each :data:`BINDING_SLOTS` slot's word per
-    prompt, and a random half / other half split of the prompts (the probes' fit and test sets)."""
-    prompts = list(ALL_PROMPTS["color_attr"])
+def binding_design(seed: int, filled_only: bool = False) -> tuple[list[str], dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Every colour-attribution prompt of the grammar (360, both styles; ``filled_only``: the 180 without the outline
+    suffix), each :data:`BINDING_SLOTS` slot's word per prompt, and a random half / other half split of the prompts
+    (the probes' fit and test sets)."""
+    prompts = [p for p in ALL_PROMPTS["color_attr"] if not (filled_only and "outline" in p)]
     requirements = [parse_prompt(p).objects for p in prompts]
     labels = {slot: np.array([slot_word(objects, slot) for objects in requirements]) for slot in BINDING_SLOTS}
     order = np.random.default_rng(seed).permutation(len(prompts))
@@ -172,22 +173,32 @@ def binding_probes(model: HieraQuery, seed: int = 0) -> dict[str, dict[str, dict
 
 
 @torch.no_grad()
-def token_probes(model: HieraQuery, seed: int = 0, high: float = 0.9, low: float = 0.5) -> dict[str, float | int]:
-    """Whether single condition tokens of the finest scale hold one object's shape or both.
+def token_probes(model: HieraQuery, seed: int = 0, high: float = 0.9, low: float = 0.5) -> dict[str, dict[str, float | int]]:
+    """Whether single tokens of the finest scale hold one object's shape or both, in the query states (Eq. 4) and in
+    the conditions (Eq. 5).
 
     The DiT's cross-attention can only hand the left object one shape and the right object another if some
     tokens say one object's shape without the other's: attention weighs tokens, it cannot pick a feature out of
-    one. A ridge probe per token (the design of :func:`binding_probes`) reads the first and the second shape of
-    the colour-attribution prompts from that token alone; counted are the tokens reading one shape at ``high`` or
-    better and the other below ``low`` (chance is a third), and those reading both at ``high``."""
-    prompts, labels, train, test = binding_design(seed)
-    x = model.condition(model.encode(prompts))[-1].tokens.double().cpu().numpy()
-    alpha = float(x.shape[2]) ** 0.5
-    first, second = (np.array([ridge_accuracy(x[train, i], labels[slot][train], x[test, i], labels[slot][test], alpha=alpha) for i in range(x.shape[1])])
-                     for slot in ("first shape", "second shape"))
-    return {"tokens": int(x.shape[1]), "first_shape_median": float(np.median(first)), "second_shape_median": float(np.median(second)),
-            "one_shape_only": int(((first >= high) & (second < low)).sum() + ((second >= high) & (first < low)).sum()),
-            "both_shapes": int(((first >= high) & (second >= high)).sum())}
+    one. A ridge probe per token position reads the first and the second shape of the filled colour-attribution
+    prompts (the design of :func:`binding_probes`; without the outline suffix every prompt has the same length, so a
+    position of ``HieraQueryConfig.prompt_tokens`` holds the same word in each) from that token alone; counted are
+    the tokens reading one shape at ``high`` or better and the other below ``low`` (chance is a third), those
+    reading both at ``high``, and the best token for each shape with the other shape's score there."""
+    prompts, labels, train, test = binding_design(seed, filled_only=True)
+    states = model.encode(prompts)
+    report = {}
+    for name, tokens in (("query_states", states[-1]), ("conditions", model.condition(states)[-1].tokens)):
+        x = tokens.double().cpu().numpy()
+        alpha = float(x.shape[2]) ** 0.5
+        first, second = (np.array([ridge_accuracy(x[train, i], labels[slot][train], x[test, i], labels[slot][test], alpha=alpha) for i in range(x.shape[1])])
+                         for slot in ("first shape", "second shape"))
+        margin = first - second
+        report[name] = {"tokens": int(x.shape[1]),
+                        "one_shape_only": int(((first >= high) & (second < low)).sum() + ((second >= high) & (first < low)).sum()),
+                        "both_shapes": int(((first >= high) & (second >= high)).sum()),
+                        "first_shape_token": [float(first[margin.argmax()]), float(second[margin.argmax()])],
+                        "second_shape_token": [float(second[margin.argmin()]), float(first[margin.argmin()])]}
+    return report
 
 
 def single_object_features(mllm: FrozenMLLM, n: int, seed: int, batch: int) -> tuple[torch.Tensor, list]:
