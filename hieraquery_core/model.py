@@ -80,10 +80,10 @@ class HieraQuery(nn.Module):
         self.dit = dit
         self.codec = codec
         self.source_dir: Path | None = None  # where relative backbone paths point (the checkpoint folder); set by from_config
-        own = codec.channels * (1 + (config.coarse_input_noise is not None))
+        own = codec.channels * (1 + self.reads_coarse)
         require(dit.in_channels in (own, own + codec.channels) and dit.out_channels == codec.channels,
                 f"the DiT takes {dit.in_channels} input and gives {dit.out_channels} output channels but the {codec.kind} codec has {codec.channels}"
-                f"{' and coarse_input_noise is set' if own > codec.channels else ''}; set dit.config in_channels to {own} "
+                f"{' and coarse_input_noise is set' if self.reads_coarse else ''}; set dit.config in_channels to {own} "
                 f"(or {own + codec.channels} to read the input image's latents too) and out_channels to {codec.channels}")
         self.aligner = None
         if config.alignment.weight > 0:
@@ -145,8 +145,8 @@ class HieraQuery(nn.Module):
         require(0.0 <= noise < 1.0, f"the coarse input's noise level must be in [0, 1), got {noise}")
         if not self.reads_coarse:
             self.dit.add_input_channels(self.codec.channels)
+            self._record_in_channels()
         self.config = dataclasses.replace(self.config, coarse_input_noise=float(noise))
-        self._record_in_channels()
 
     def _record_in_channels(self) -> None:
         """Write a widened DiT's channels into an inline DiT config (a new config, as replace_mllm makes: the caller's
