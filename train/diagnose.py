@@ -193,11 +193,12 @@ def token_probes(model: HieraQuery, seed: int = 0, high: float = 0.9, low: float
         first, second = (np.array([ridge_accuracy(x[train, i], labels[slot][train], x[test, i], labels[slot][test], alpha=alpha) for i in range(x.shape[1])])
                          for slot in ("first shape", "second shape"))
         margin = first - second
+        most_first, most_second = int(margin.argmax()), int(margin.argmin())  # the most one-sided token for each shape
         report[name] = {"tokens": int(x.shape[1]),
                         "one_shape_only": int(((first >= high) & (second < low)).sum() + ((second >= high) & (first < low)).sum()),
                         "both_shapes": int(((first >= high) & (second >= high)).sum()),
-                        "first_shape_token": [float(first[margin.argmax()]), float(second[margin.argmax()])],
-                        "second_shape_token": [float(second[margin.argmin()]), float(first[margin.argmin()])]}
+                        "first_shape_token": [float(first[most_first]), float(second[most_first])],
+                        "second_shape_token": [float(second[most_second]), float(first[most_second])]}
     return report
 
 
