@@ -175,6 +175,23 @@ def test_caption_order_flag_is_recorded_checked_and_compared_on_resume(data, cap
     assert "it needs --data shapesworld" in capsys.readouterr().err
 
 
+def test_category_weights_flag_is_recorded_checked_and_compared_on_resume(data, capsys):
+    out = data / "category-weights"
+    common = ["--stage", "t2i", "--config", str(data / "cfg.json"), "--data", "shapesworld", "--shapesworld-samples", "4", "--out", str(out),
+              "--steps", "1", "--batch-size", "2", "--save-every", "1", "--no-progress"]
+    assert main([*common, "--category-weights", "position=3"]) == 0
+    assert json.loads((out / "run.json").read_text())["settings"]["category_weights"] == "position=3"
+    capsys.readouterr()
+    assert main([*common, "--steps", "2", "--resume"]) == 2  # other prompts than the checkpoint's run
+    assert "category_weights position=3 (now )" in capsys.readouterr().err
+    for bad, message in ((["--category-weights", "pose=3"], "is not CATEGORY=WHOLE_NUMBER"), (["--category-weights", "position=-1"], "is not CATEGORY=WHOLE_NUMBER"),
+                         (["--category-weights", ",".join(f"{c}=0" for c in ("single_object", "two_object", "counting", "colors", "position", "color_attr"))],
+                          "leaves no category to draw"),
+                         (["--category-weights", "position=3", "--data", str(data / "pairs.jsonl")], "it needs --data shapesworld")):
+        assert main([*common, "--out", str(data / "weights-bad"), *bad]) == 2 and message in capsys.readouterr().err
+    assert not (data / "weights-bad").exists()  # refused before anything was written
+
+
 def test_mllm_flag_replaces_the_frozen_mllm_of_the_init_model(data, tmp_path, capsys):
     """``--init-from X --mllm DIR``: the run starts from X's trained parts with the MLLM in DIR (e.g. a retrained
     vision tower), and its checkpoints embed DIR's MLLM; one of other sizes, or --mllm with --config, is a one-line error."""

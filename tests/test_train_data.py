@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -16,8 +17,8 @@ from tiny_models import make_model
 from train.data import (BucketBatchSampler, FileDataset, ReplayMix, SampleDataset, SkipCounter, Skipped, StreamBatches, bucket_step, collate,
                         fit_to_bucket, load_records, make_buckets, model_buckets, nearest_bucket, stage_sample)
 from train.optim import lr_curve, make_optimizer
-from hieraquery_core.shapesworld import edit_triplets
-from train.shapesworld_data import ShapesWorldDataset, sample_rng, shapesworld_stream
+from hieraquery_core.shapesworld import edit_triplets, spec
+from train.shapesworld_data import ShapesWorldDataset, sample_rng, shapesworld_stream, weighted_categories
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -195,6 +196,21 @@ def test_shapesworld_samples_are_a_function_of_the_index():
     ordered, anywhere = ShapesWorldDataset("t2i", 40, seed=3, caption_order=True), ShapesWorldDataset("t2i", 40, seed=3)  # --caption-order reaches the scenes
     assert [ordered[i]["prompt"] for i in range(40)] == [anywhere[i]["prompt"] for i in range(40)]
     assert any(not torch.equal(ordered[i]["target"], anywhere[i]["target"]) for i in range(40))
+
+
+def test_category_weights_repeat_categories_and_shift_the_drawn_prompts():
+    """``--category-weights position=3,counting=0``: position listed three times, counting left out, the rest once;
+    "" is the spec's tuple, so a run without the option draws exactly the samples it drew before."""
+    assert weighted_categories("") == spec.CATEGORIES
+    weighted = weighted_categories(" position=3, counting=0 ")
+    assert weighted.count("position") == 3 and "counting" not in weighted and len(weighted) == len(spec.CATEGORIES) + 1
+    plain, heavy = ShapesWorldDataset("t2i", 600, seed=5), ShapesWorldDataset("t2i", 600, seed=5, categories=weighted)
+    drawn = {name: Counter(ds[i]["category"] for i in range(600)) for name, ds in (("plain", plain), ("heavy", heavy))}
+    assert drawn["heavy"]["counting"] == 0 < drawn["plain"]["counting"]
+    assert drawn["heavy"]["position"] > 1.8 * drawn["plain"]["position"]  # 3/8 of the draws against 1/6
+    for bad in ("position", "position=x", "pose=2", "position=1.5"):
+        with pytest.raises(HieraQueryError, match="is not CATEGORY=WHOLE_NUMBER"):
+            weighted_categories(bad)
 
 
 def test_generic_dataset_and_stream_samples_are_checked():

@@ -15,6 +15,9 @@ bucket (e.g. area-downscaled for a 32 px test model).
   (``--edit-distractors``; 0, the default, is the spec's distribution).
 - ``caption_order`` (``--caption-order``): text-to-image and reconstruction scenes of prompts that list objects stand
   left to right in the order the prompt names them (``scene_for_prompt``); off, the default, places them anywhere.
+- ``categories`` (``--category-weights``, :func:`weighted_categories`): the GenEval categories text-to-image and
+  reconstruction prompts are drawn from, uniformly over the tuple, so a category listed three times is drawn three
+  times as often (the spec's stream, each category once, is the default).
 
 The streams are disjoint from the evaluation streams of ``hieraquery_core.shapesworld.heldout_pairs``
 and ``train/evaluate.py`` (different entropy words).
@@ -28,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hieraquery_core.errors import require
 from hieraquery_core.shapesworld import edit_triplets, render, spec, train_pairs
 
 TRAIN_STREAM = 0x54524E  # "TRN": the training samples' random stream
@@ -81,6 +85,22 @@ class ShapesWorldDataset(torch.utils.data.Dataset):
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
         return make_sample(self.stage, sample_rng(self.seed, self.stage, index), self.categories, self.edit_kinds, self.edit_distractors, self.caption_order)
+
+
+def weighted_categories(weights: str) -> tuple[str, ...]:
+    """The ``categories`` tuple of ``--category-weights``: "position=3,counting=2" lists position three times,
+    counting twice and every other category once, so that uniform draws over it follow those whole-number weights (a
+    project option for training data, as ``caption_order``; weight 0 leaves a category out). "" is the spec's
+    ``CATEGORIES``, each once, and gives exactly the samples of a run without the option."""
+    counts = dict.fromkeys(spec.CATEGORIES, 1)
+    for item in filter(None, (part.strip() for part in weights.split(","))):
+        name, _, value = item.partition("=")
+        name = name.strip()
+        require(name in counts and value.strip().isdigit(), f"--category-weights {weights!r}: {item!r} is not CATEGORY=WHOLE_NUMBER with a "
+                                                            f"category of {', '.join(spec.CATEGORIES)} (e.g. position=3)")
+        counts[name] = int(value)
+    require(any(counts.values()), f"--category-weights {weights!r} leaves no category to draw; give at least one a weight above 0")
+    return tuple(c for c, k in counts.items() for _ in range(k))
 
 
 def shapesworld_dataset(stage: str, num_samples: int = 100_000, seed: int = 0, **kwargs) -> ShapesWorldDataset:

@@ -108,6 +108,8 @@ class TrainConfig:
     edit_distractors: float = 0.0
     caption_order: bool = False
     """ShapesWorld text-to-image scenes stand left to right in the order their prompt names the objects (``train.shapesworld_data``)."""
+    category_weights: str = ""
+    """ShapesWorld text-to-image prompts: how often each GenEval category is drawn, e.g. "position=3" (``weighted_categories``)."""
     ema_decay: float = 0.0
     timestep_logit_mean: float | None = None
     timestep_logit_std: float | None = None
@@ -135,6 +137,11 @@ class TrainConfig:
         require(self.replay_data is None or self.replay_share > 0, "--replay-data is only read with --replay-share > 0")
         require(0 <= self.edit_distractors <= 1, f"--edit-distractors {self.edit_distractors} must be in [0, 1]")
         require(not self.caption_order or self.data == "shapesworld", "--caption-order lays out ShapesWorld scenes; it needs --data shapesworld")
+        require(not self.category_weights or self.data == "shapesworld", "--category-weights draws ShapesWorld prompts; it needs --data shapesworld")
+        if self.category_weights:
+            from .shapesworld_data import weighted_categories
+
+            weighted_categories(self.category_weights)  # one clear error for a malformed list, before anything runs
         require(self.edit_distractors == 0 or (self.stage == "edit" and self.data == "shapesworld"),
                 "--edit-distractors shapes ShapesWorld's edit triplets; it needs --stage edit and --data shapesworld")
         require(0 <= self.ema_decay < 1, f"--ema-decay {self.ema_decay} must be in [0, 1) (0: no moving average; 0.999 is usual)")
@@ -418,10 +425,10 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         if isinstance(source, (str, Path)):
             if str(source) == "shapesworld":
-                from .shapesworld_data import shapesworld_dataset
+                from .shapesworld_data import shapesworld_dataset, weighted_categories
 
                 source = shapesworld_dataset(stage, cfg.shapesworld_samples, seed=cfg.seed, edit_distractors=cfg.edit_distractors,
-                                             caption_order=cfg.caption_order)
+                                             caption_order=cfg.caption_order, categories=weighted_categories(cfg.category_weights))
             else:
                 records = load_records(source, stage, self.index_skips, cfg.max_aspect, cfg.min_clip, cfg.max_watermark)
                 dataset = FileDataset(records, stage, self.buckets, cfg.recon_prompt)
@@ -674,7 +681,7 @@ class Trainer:
                 "format": st.STATE_FORMAT, "format_version": st.STATE_VERSION,
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "stage": cfg.stage, "seed": cfg.seed, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "replay_share": cfg.replay_share,
-                "edit_distractors": cfg.edit_distractors, "caption_order": cfg.caption_order, "ema_decay": cfg.ema_decay, "ema_step": self.ema.optimization_step if self.ema is not None else None,
+                "edit_distractors": cfg.edit_distractors, "caption_order": cfg.caption_order, "category_weights": cfg.category_weights, "ema_decay": cfg.ema_decay, "ema_step": self.ema.optimization_step if self.ema is not None else None,
                 "num_processes": acc.num_processes, "total_steps": self.total_steps, "warmup": self.warmup,
                 "lr": cfg.lr, "min_lr": cfg.min_lr, "scheduler": st.scheduler_state(self.scheduler),
                 "grad_scaler": st.jsonable(scaler) if scaler is not None else None,
@@ -695,9 +702,11 @@ class Trainer:
         data.setdefault("ema_decay", 0.0)  # ... or before the moving average
         data.setdefault("edit_distractors", 0.0)  # ... or before edit distractors
         data.setdefault("caption_order", False)  # ... or before caption order
+        data.setdefault("category_weights", "")  # ... or before category weights
         mismatch = [f"{k} {data[k]} (now {v})" for k, v in (("stage", cfg.stage), ("batch_size", cfg.batch_size), ("grad_accum", cfg.grad_accum),
                                                                ("num_processes", acc.num_processes), ("seed", cfg.seed), ("replay_share", cfg.replay_share),
-                                                               ("edit_distractors", cfg.edit_distractors), ("caption_order", cfg.caption_order), ("ema_decay", cfg.ema_decay)) if data.get(k) != v]
+                                                               ("edit_distractors", cfg.edit_distractors), ("caption_order", cfg.caption_order), ("category_weights", cfg.category_weights),
+                                                               ("ema_decay", cfg.ema_decay)) if data.get(k) != v]
         require(not mismatch, f"cannot resume from {folder} exactly: it was written with {', '.join(mismatch)}; use the same settings (or start a new --out)")
         saved_params = data["parameters"]
         current = parameter_table(self.model)
@@ -809,6 +818,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replay-data", help="the text-to-image data replayed (default: --data, e.g. 'shapesworld')")
     p.add_argument("--caption-order", action="store_true",
                    help="--data shapesworld: text-to-image scenes stand left to right in the order their prompt names the objects (the spec's caption order)")
+    p.add_argument("--category-weights", default=d.category_weights, metavar="CATEGORY=N,...",
+                   help="--data shapesworld: draw text-to-image prompts of these GenEval categories N times as often as the others, e.g. position=3 "
+                        "(replayed samples too; default: each category alike, the spec's stream)")
     p.add_argument("--edit-distractors", type=float, default=d.edit_distractors,
                    help="--data shapesworld, edit stage: share of the recolours and removals whose named object shares its colour with another "
                         "object, so that only the shape word tells them apart (default %(default)s: the spec's distribution)")
