@@ -30,6 +30,7 @@ def test_ground_truth_images_score_one_everywhere():
     assert report["overall_by_scale"]["32"] == report["overall_by_scale"]["64"] == 1.0
     assert report["attributes"] == {"count": 1.0, "shape": 1.0, "color": 1.0, "style": 1.0, "n_counted": 12}
     assert report["shape_binding"]["right"] == 1.0 and report["shape_binding"]["n"] >= 2  # the two-object and colour-attribution prompts
+    assert report["relation_placement"]["as named"] == 1.0 and report["relation_placement"]["n"] == 2  # the two position prompts
     assert report["cross_scale_consistency"] == pytest.approx(1.0)
     assert report["edit_accuracy"]["overall"] == 1.0
 

@@ -284,6 +284,25 @@ def test_shape_binding_says_which_named_shape_was_painted_twice():
     assert sw.shape_binding([("a circle and a square", two("circle", "square"))])["first named on the left"] == 1.0
 
 
+def test_relation_placement_says_where_the_first_named_object_went():
+    def at(first: tuple[int, int], second: tuple[int, int], shapes: tuple[str, str] = ("circle", "square")) -> np.ndarray:
+        return sw.render(sw.Scene([obj("red", shapes[0], *first), obj("blue", shapes[1], *second)]))
+
+    prompt = "a circle above a square"
+    results = [(prompt, at((20, 2), (20, 40))),  # above: as named
+               (prompt, at((20, 40), (20, 2))),  # below: opposite
+               (prompt, at((2, 20), (40, 26))),  # beside it, 6 px lower: the other axis
+               (prompt, at((2, 20), (40, 16))),  # beside it, 4 px higher: too close vertically, but left of it
+               ("a circle to the right of a square", at((40, 20), (2, 20))),  # as named
+               ("a circle to the right of a square", at((20, 2), (20, 40), ("circle", "circle"))),  # wrong shapes: not counted
+               ("a circle and a square", at((20, 2), (20, 40)))]  # no relation: not counted
+    report = sw.relation_placement(results)
+    assert {k: report[k] for k in (*sw.evaluate.PLACEMENTS, "n")} == {"as named": 0.4, "opposite": 0.2, "other axis": 0.4, "too close": 0.0, "n": 5}
+    assert report["by relation"] == {"above": {"as named": 0.25, "n": 4}, "right": {"as named": 1.0, "n": 1}}
+    close = sw.render(sw.Scene([obj("red", "circle", 20, 20, 10), obj("blue", "square", 31, 31, 10)]))  # centres 11 px apart both ways
+    assert sw.relation_placement([(prompt, close)])["too close"] == 1.0
+
+
 def test_parse_image_finds_objects_and_ignores_noise():
     scene = sw.Scene([obj("red", "circle", 2, 2, 14), obj("yellow", "triangle", 30, 5, 22),
                       obj("purple", "square", 5, 40, 15), obj("orange", "triangle", 40, 40, 14)], "outline")

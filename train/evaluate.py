@@ -36,7 +36,7 @@ from hieraquery_core.model import HieraQuery
 from hieraquery_core.pipeline import HieraQueryPipeline, SamplingOptions
 from hieraquery_core.shapesworld import (CATEGORIES, attribute_accuracy, cross_scale_consistency, edit_accuracy, edit_collateral, edit_outcomes, edit_triplets,
                                          geneval, heldout_pairs, heldout_prompts, reconstruction_accuracy, render, render_scales, sample_prompt,
-                                         shape_binding)
+                                         relation_placement, shape_binding)
 from train.shapesworld_data import to_pixels
 
 EDIT_STREAM = 0x45444954  # "EDIT": the held-out edit triplets' random stream (never used for training)
@@ -93,6 +93,7 @@ def score_generations(prompts: Sequence[tuple[str, str]], scales: Sequence[Seque
     result = {"geneval": geneval((c, p, img) for (c, p), img in zip(prompts, final))}
     result["attributes"] = attribute_accuracy((p, img) for (_, p), img in zip(prompts, final))
     result["shape_binding"] = shape_binding((p, img) for (_, p), img in zip(prompts, final))
+    result["relation_placement"] = relation_placement((p, img) for (_, p), img in zip(prompts, final))
     result["overall_by_scale"] = {str(imgs[0].shape[0]): geneval((c, p, img) for (c, p), img in zip(prompts, imgs))["overall"] for imgs in scales}
     result["cross_scale_consistency"] = float(np.mean([cross_scale_consistency([s[i] for s in scales]) for i in range(len(final))]))
     return result

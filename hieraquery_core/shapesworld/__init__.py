@@ -8,7 +8,7 @@ from .edits import (EditTriplet, Instruction, apply_instruction, check_instructi
                     parse_instruction, sample_edit)
 from .evaluate import (DetectedObject, classify_shape, cross_scale_consistency, EDIT_OUTCOMES, RELATIONS, edit_accuracy, edit_collateral, edit_correct, edit_outcome, edit_outcomes,
                        attribute_accuracy, geneval, label_components, parse_image, reconstruction_accuracy, reconstruction_correct,
-                       scale_agreement, score_prompt, shape_binding)
+                       relation_placement, scale_agreement, score_prompt, shape_binding)
 from .prompts import (ALL_PROMPTS, HELDOUT_PROMPTS, TRAIN_PROMPTS, ObjectSpec, Requirement, caption,
                       heldout_pairs, heldout_prompts, is_held_out, is_held_out_scene, parse_prompt,
                       sample_pair, sample_prompt, scene_for_prompt, scene_satisfies, train_pairs)
@@ -31,6 +31,6 @@ __all__ = [
     "edit_triplets",
     "Question", "parse_question", "answer_question", "sample_question", "question_pairs", "sample_caption",
     "sample_text_question", "sample_training_text",
-    "DetectedObject", "label_components", "parse_image", "classify_shape", "score_prompt", "geneval", "attribute_accuracy", "shape_binding",
+    "DetectedObject", "label_components", "parse_image", "classify_shape", "score_prompt", "geneval", "attribute_accuracy", "shape_binding", "relation_placement",
     "edit_correct", "edit_accuracy", "EDIT_OUTCOMES", "edit_outcome", "edit_outcomes", "RELATIONS", "edit_collateral", "reconstruction_correct", "reconstruction_accuracy", "scale_agreement", "cross_scale_consistency",
 ]

@@ -38,7 +38,7 @@ from . import spec
 from .edits import Instruction, check_instruction, find_named, parse_instruction
 from .prompts import parse_prompt
 from .render import downscale
-from .scene import BoxCentre
+from .scene import BoxCentre, relation_holds
 
 MIN_COMPONENT_AREA = 20
 """Ink components with fewer pixels (in 64x64 units) are noise and ignored."""
@@ -316,6 +316,43 @@ def shape_binding(results: Iterable[tuple[str, np.ndarray]]) -> dict[str, float 
     n = sum(outcomes.values())
     return {**{k: outcomes[k] / n if n else 0.0 for k in SHAPE_BINDINGS}, "n": n,
             "first named on the left": first_left / outcomes["right"] if outcomes["right"] else 0.0}
+
+
+PLACEMENTS = ("as named", "opposite", "other axis", "too close")
+"""Where a position image put the first-named object against the second (:func:`relation_placement`)."""
+OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
+OTHER_AXIS = {"left": ("above", "below"), "right": ("above", "below"), "above": ("left", "right"), "below": ("left", "right")}
+
+
+def relation_placement(results: Iterable[tuple[str, np.ndarray]]) -> dict[str, float | int | dict]:
+    """Where position images put the two objects (a project diagnostic beside :func:`shape_binding`).
+
+    Of (prompt, image) results whose prompt relates two different shapes ("a circle above a square") and whose image
+    has exactly those two shapes: the share of each :data:`PLACEMENTS` outcome, checked in that order with the spec's
+    12 px rule: the relation holds; the first-named object stands on the opposite side ("below" for "above"); only
+    on the other axis (beside the square for "above"); neither (the centres closer than 12 px both ways). ``n`` = how
+    many images; ``by relation``: for each relation, the share as named and its ``n``. GenEval's position score also
+    fails images with the wrong objects; this says, of those with the right ones, what the relation got wrong.
+    """
+    outcomes: Counter = Counter()
+    by_relation: dict[str, Counter] = defaultdict(Counter)
+    for prompt, image in results:
+        req = parse_prompt(prompt)
+        wanted = [o.shape for o in req.objects]
+        if req.relation is None or wanted[0] == wanted[1]:
+            continue
+        objects = parse_image(image)
+        if sorted(o.shape for o in objects) != sorted(wanted):
+            continue
+        first, second = (next(o for o in objects if o.shape == shape) for shape in wanted)
+        outcome = ("as named" if relation_holds(first, second, req.relation) else
+                   "opposite" if relation_holds(first, second, OPPOSITE[req.relation]) else
+                   "other axis" if any(relation_holds(first, second, r) for r in OTHER_AXIS[req.relation]) else "too close")
+        outcomes[outcome] += 1
+        by_relation[req.relation][outcome == "as named"] += 1
+    n = sum(outcomes.values())
+    return {**{k: outcomes[k] / n if n else 0.0 for k in PLACEMENTS}, "n": n,
+            "by relation": {r: {"as named": c[True] / (c[True] + c[False]), "n": c[True] + c[False]} for r, c in sorted(by_relation.items())}}
 
 
 # --- edits ---------------------------------------------------------------------------------
