@@ -14,8 +14,9 @@ from hieraquery_core.config import BackboneSpec, HieraQueryConfig
 from hieraquery_core.errors import HieraQueryError
 from hieraquery_core.model import HieraQuery
 from hieraquery_core.pipeline import HieraQueryPipeline, SamplingOptions
-from hieraquery_core.shapesworld import RELATIONS, heldout_prompts
+from hieraquery_core.shapesworld import HELDOUT_PROMPTS, RELATIONS, TRAIN_PROMPTS, heldout_prompts, render, scene_for_prompt
 from hieraquery_core.tiny import tiny_config
+from train import evaluate
 from train.ablations import VARIANTS, variant_config
 from train.evaluate import (EvalSettings, evaluate_ground_truth, evaluate_model, heldout_edits, heldout_flow_loss, main, score_generations,
                             tune_setting, validation_edits)
@@ -120,6 +121,33 @@ def test_edit_settings_are_tuned_on_validation_edits_never_the_heldout_ones(monk
     tuning = tune_setting(None, EvalSettings(), name, [1.0, 0.5], n=12)
     assert seen == [1.0, 0.5] and tuning[0.5]["overall"] == 1.0 and tuning[1.0]["overall"] < 0.5
     assert set(tuning[1.0]) == {"recolor", "remove", "add", "restyle", "overall"}
+
+
+def test_position_strings_paint_every_training_and_heldout_position_string(monkeypatch, tmp_path):
+    """``--position-strings 2``: each split's position strings twice each; a model that paints each prompt's scene
+    passes them all, one that paints them upside down passes none and is told "opposite" every time."""
+    asked = []
+
+    def paint(flip):
+        def generate(model, settings, prompts):
+            asked.append([p for _, p in prompts])
+            scenes = [scene_for_prompt(p, np.random.default_rng(i)) for i, (_, p) in enumerate(prompts)]
+            return [[render(s)[::-1, ::-1] if flip else render(s) for s in scenes]]  # a half turn swaps left/right and above/below
+        return generate
+
+    monkeypatch.setattr(evaluate, "generate_heldout", paint(False))
+    right = evaluate.position_strings(None, EvalSettings(), 2)
+    assert [sorted(set(a)) for a in asked] == [sorted(TRAIN_PROMPTS["position"]), sorted(HELDOUT_PROMPTS["position"])]
+    assert [len(a) for a in asked] == [2 * len(TRAIN_PROMPTS["position"]), 2 * len(HELDOUT_PROMPTS["position"])]
+    assert {split: (r["n"], r["position"], r["relation_placement"]["as named"]) for split, r in right.items()} == {
+        "train": (70, 1.0, 1.0), "heldout": (26, 1.0, 1.0)}
+    monkeypatch.setattr(evaluate, "generate_heldout", paint(True))
+    turned = evaluate.position_strings(None, EvalSettings(), 1)
+    assert all(r["position"] == 0.0 and r["relation_placement"]["opposite"] == 1.0 for r in turned.values())
+    torch.manual_seed(0)  # and the command writes them into its report
+    folder = save_checkpoint(HieraQuery.from_config(tiny_config(image_size=64)).eval(), tmp_path / "tiny")
+    main(["--checkpoint", str(folder), "--n", "6", "--n-edits", "0", "--steps", "1", "--flow-n", "0", "--position-strings", "1", "--out", str(tmp_path / "r.json")])
+    assert set(json.loads((tmp_path / "r.json").read_text())["position_strings"]) == {"train", "heldout"}
 
 
 def test_refinement_makes_the_demo_paint_one_scene_at_every_scale():
