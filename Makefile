@@ -38,7 +38,7 @@ bench-smoke: venv
 ## Retrain the bundled ShapesWorld demo checkpoint (CPU: about 1.9 hours): the latent-space text-to-image
 ## recipe in one cosine (3,600 steps; the bundled model had more, in three runs, see its stage.json), then the
 ## edit stage with a DiT that also reads the source image, a dropped instruction keeping it as the target (2,000 steps;
-## the bundled model had 19,000, in ten runs, the flag in the last six, then 14,000 more text-to-image steps in caption
+## the bundled model had 19,000, in ten runs, the flag in the last six, then 22,000 more text-to-image steps in caption
 ## order and 1,500 more edit steps: docs/demo-and-ablations.md section 3).
 ## Each publishes only if it beats the bundled model.
 demo-checkpoint: venv
