@@ -148,6 +148,9 @@ def test_position_strings_paint_every_training_and_heldout_position_string(monke
     folder = save_checkpoint(HieraQuery.from_config(tiny_config(image_size=64)).eval(), tmp_path / "tiny")
     main(["--checkpoint", str(folder), "--n", "6", "--n-edits", "0", "--steps", "1", "--flow-n", "0", "--position-strings", "1", "--out", str(tmp_path / "r.json")])
     assert set(json.loads((tmp_path / "r.json").read_text())["position_strings"]) == {"train", "heldout"}
+    with pytest.raises(SystemExit):  # a negative count is one usage error, before any model is loaded
+        main(["--checkpoint", str(folder), "--position-strings", "-1", "--out", str(tmp_path / "bad.json")])
+    assert not (tmp_path / "bad.json").exists()
 
 
 def test_refinement_makes_the_demo_paint_one_scene_at_every_scale():

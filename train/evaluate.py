@@ -236,9 +236,9 @@ def position_strings(model: HieraQuery, settings: EvalSettings, reps: int) -> di
     report = {}
     for split, table in (("train", TRAIN_PROMPTS), ("heldout", HELDOUT_PROMPTS)):
         prompts = [("position", p) for p in table["position"] for _ in range(reps)]
-        final = generate_heldout(model, settings, prompts)[-1]
-        report[split] = {"n": len(prompts), "position": float(np.mean([score_prompt(p, img) for (_, p), img in zip(prompts, final)])),
-                         "relation_placement": relation_placement((p, img) for (_, p), img in zip(prompts, final))}
+        results = [(p, img) for (_, p), img in zip(prompts, generate_heldout(model, settings, prompts)[-1])]
+        report[split] = {"n": len(results), "position": float(np.mean([score_prompt(p, img) for p, img in results])),
+                         "relation_placement": relation_placement(results)}
     return report
 
 
@@ -270,6 +270,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    if args.position_strings < 0:
+        parser.error(f"--position-strings {args.position_strings}: give how many images per position string, or 0 to skip them")
     torch.set_num_threads(args.threads)
     settings = EvalSettings(**{name: getattr(args, name) for name in asdict(defaults)})
     if args.ground_truth:
