@@ -267,6 +267,20 @@ def test_caption_order_puts_listed_objects_left_to_right_in_prompt_order():
     assert moved > 20  # without the option, many two-object scenes are laid out otherwise
 
 
+def test_with_colours_names_a_colour_for_each_object_of_a_position_prompt():
+    """``with_colours``: the same shapes, relation and style with a colour per object (each colour drawn); a prompt
+    that already names colours keeps them, and a prompt that is not a position prompt is refused."""
+    rng = np.random.default_rng(3)
+    for prompt in sw.TRAIN_PROMPTS["position"]:
+        coloured = sw.with_colours(prompt, rng)
+        plain, want = sw.parse_prompt(prompt), sw.parse_prompt(coloured)
+        assert [o.shape for o in want.objects] == [o.shape for o in plain.objects] and (want.relation, want.style) == (plain.relation, plain.style)
+        assert all(o.color in sw.COLORS for o in want.objects) and sw.with_colours(coloured, rng) == coloured
+    assert len({sw.with_colours("a circle above a square", rng) for _ in range(60)}) > 20  # 36 colour pairs
+    with pytest.raises(ValueError, match="is not one"):
+        sw.with_colours("a red circle and a blue square", rng)
+
+
 def test_shape_binding_says_which_named_shape_was_painted_twice():
     def two(shape_a: str, shape_b: str) -> np.ndarray:
         return sw.render(sw.Scene([obj("red", shape_a, 5, 5), obj("blue", shape_b, 40, 40)]))

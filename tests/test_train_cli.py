@@ -162,34 +162,36 @@ def test_edit_distractors_flag_is_recorded_checked_and_compared_on_resume(data, 
         assert main([*common, "--out", str(data / "distractors-bad"), *bad]) == 2 and message in capsys.readouterr().err
 
 
-def test_caption_order_flag_is_recorded_checked_and_compared_on_resume(data, capsys):
-    out = data / "caption-order"
-    common = ["--stage", "t2i", "--config", str(data / "cfg.json"), "--data", "shapesworld", "--shapesworld-samples", "4", "--out", str(out),
-              "--steps", "1", "--batch-size", "2", "--save-every", "1", "--no-progress"]
-    assert main([*common, "--caption-order"]) == 0
-    assert json.loads((out / "run.json").read_text())["settings"]["caption_order"] is True
-    capsys.readouterr()
-    assert main([*common, "--steps", "2", "--resume"]) == 2  # other scenes than the checkpoint's run
-    assert "caption_order True (now False)" in capsys.readouterr().err
-    assert main([*common, "--out", str(data / "caption-order-bad"), "--caption-order", "--data", str(data / "pairs.jsonl")]) == 2
-    assert "it needs --data shapesworld" in capsys.readouterr().err
+SHAPESWORLD_DATA_OPTIONS = {
+    "caption_order": (["--caption-order"], True, "caption_order True (now False)", [(["--caption-order", "--data", "{data}/pairs.jsonl"], "it needs --data shapesworld")]),
+    "category_weights": (["--category-weights", "position=3"], "position=3", "category_weights position=3 (now )", [
+        (["--category-weights", "pose=3"], "is not CATEGORY=WHOLE_NUMBER"), (["--category-weights", "position=-1"], "is not CATEGORY=WHOLE_NUMBER"),
+        (["--category-weights", ",".join(f"{c}=0" for c in ("single_object", "two_object", "counting", "colors", "position", "color_attr"))], "leaves no category to draw"),
+        (["--category-weights", "position=3", "--data", "{data}/pairs.jsonl"], "it needs --data shapesworld")]),
+    "position_colours": (["--position-colours", "0.5"], 0.5, "position_colours 0.5 (now 0.0)", [
+        (["--position-colours", "1.5"], "give a value in [0, 1]"), (["--position-colours", "-0.1"], "give a value in [0, 1]"),
+        (["--position-colours", "0.5", "--data", "{data}/pairs.jsonl"], "it needs --data shapesworld")]),
+}
 
 
-def test_category_weights_flag_is_recorded_checked_and_compared_on_resume(data, capsys):
-    out = data / "category-weights"
+@pytest.mark.parametrize("setting", sorted(SHAPESWORLD_DATA_OPTIONS))
+def test_shapesworld_data_option_is_recorded_checked_and_compared_on_resume(data, capsys, setting):
+    """Each ShapesWorld training-data option (``--caption-order``, ``--category-weights``, ``--position-colours``)
+    lands in run.json; a resume without it is refused (its samples differ from the checkpoint's run); a bad value or
+    other data is one error before anything is written."""
+    flag, recorded, mismatch, bad_cases = SHAPESWORLD_DATA_OPTIONS[setting]
+    out = data / setting
     common = ["--stage", "t2i", "--config", str(data / "cfg.json"), "--data", "shapesworld", "--shapesworld-samples", "4", "--out", str(out),
               "--steps", "1", "--batch-size", "2", "--save-every", "1", "--no-progress"]
-    assert main([*common, "--category-weights", "position=3"]) == 0
-    assert json.loads((out / "run.json").read_text())["settings"]["category_weights"] == "position=3"
+    assert main([*common, *flag]) == 0
+    assert json.loads((out / "run.json").read_text())["settings"][setting] == recorded
     capsys.readouterr()
-    assert main([*common, "--steps", "2", "--resume"]) == 2  # other prompts than the checkpoint's run
-    assert "category_weights position=3 (now )" in capsys.readouterr().err
-    for bad, message in ((["--category-weights", "pose=3"], "is not CATEGORY=WHOLE_NUMBER"), (["--category-weights", "position=-1"], "is not CATEGORY=WHOLE_NUMBER"),
-                         (["--category-weights", ",".join(f"{c}=0" for c in ("single_object", "two_object", "counting", "colors", "position", "color_attr"))],
-                          "leaves no category to draw"),
-                         (["--category-weights", "position=3", "--data", str(data / "pairs.jsonl")], "it needs --data shapesworld")):
-        assert main([*common, "--out", str(data / "weights-bad"), *bad]) == 2 and message in capsys.readouterr().err
-    assert not (data / "weights-bad").exists()  # refused before anything was written
+    assert main([*common, "--steps", "2", "--resume"]) == 2
+    assert mismatch in capsys.readouterr().err
+    bad_out = data / f"{setting}-bad"
+    for bad, message in bad_cases:
+        assert main([*common, "--out", str(bad_out), *(arg.format(data=data) for arg in bad)]) == 2 and message in capsys.readouterr().err
+    assert not bad_out.exists()  # refused before anything was written
 
 
 def test_mllm_flag_replaces_the_frozen_mllm_of_the_init_model(data, tmp_path, capsys):

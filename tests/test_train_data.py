@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 
 import numpy as np
@@ -17,7 +18,7 @@ from tiny_models import make_model
 from train.data import (BucketBatchSampler, FileDataset, ReplayMix, SampleDataset, SkipCounter, Skipped, StreamBatches, bucket_step, collate,
                         fit_to_bucket, load_records, make_buckets, model_buckets, nearest_bucket, stage_sample)
 from train.optim import lr_curve, make_optimizer
-from hieraquery_core.shapesworld import edit_triplets, spec
+from hieraquery_core.shapesworld import TRAIN_PROMPTS, edit_triplets, parse_prompt, score_prompt, spec
 from train.shapesworld_data import ShapesWorldDataset, sample_rng, shapesworld_stream, weighted_categories
 
 
@@ -211,6 +212,24 @@ def test_category_weights_repeat_categories_and_shift_the_drawn_prompts():
     for bad in ("position", "position=x", "pose=2", "position=1.5"):
         with pytest.raises(HieraQueryError, match="is not CATEGORY=WHOLE_NUMBER"):
             weighted_categories(bad)
+
+
+def test_position_colours_colour_that_share_of_the_position_prompts_only():
+    """``--position-colours 0.5``: about half the position prompts name a colour for each object, their uncoloured form is
+    a training string, and the rendered target is painted as the coloured prompt says; 0 and the other categories
+    keep the spec's stream."""
+    def prompts(categories: tuple[str, ...], n: int, **option) -> list[str]:
+        ds = ShapesWorldDataset("t2i", n, seed=5, categories=categories, **option)
+        return [ds[i]["prompt"] for i in range(n)]
+
+    coloured = ShapesWorldDataset("t2i", 400, seed=5, categories=("position",), position_colours=0.5)
+    samples = [coloured[i] for i in range(400)]
+    named = [[o.color for o in parse_prompt(s["prompt"]).objects] for s in samples]
+    assert 0.4 < np.mean([None not in colours for colours in named]) < 0.6 and all(set(c) == {None} or None not in c for c in named)
+    assert {re.sub(f" (?:{'|'.join(spec.COLORS)}) ", " ", s["prompt"]) for s in samples} <= set(TRAIN_PROMPTS["position"])
+    assert all(score_prompt(s["prompt"], (s["target"].permute(1, 2, 0) * 255).round().byte().numpy()) for s in samples[:40])
+    assert prompts(("position",), 400) == prompts(("position",), 400, position_colours=0.0)
+    assert prompts(("two_object", "counting"), 60) == prompts(("two_object", "counting"), 60, position_colours=0.5)
 
 
 def test_generic_dataset_and_stream_samples_are_checked():

@@ -15,6 +15,9 @@ bucket (e.g. area-downscaled for a 32 px test model).
   (``--edit-distractors``; 0, the default, is the spec's distribution).
 - ``caption_order`` (``--caption-order``): text-to-image and reconstruction scenes of prompts that list objects stand
   left to right in the order the prompt names them (``scene_for_prompt``); off, the default, places them anywhere.
+- ``position_colours`` (``--position-colours SHARE``): that share of the text-to-image and reconstruction position
+  prompts name a colour for each object ("a red circle above a blue square", ``with_colours``), so relations are seen
+  in many more strings than the 35 training position strings; 0, the default, is the spec's stream.
 - ``categories`` (``--category-weights``, :func:`weighted_categories`): the GenEval categories text-to-image and
   reconstruction prompts are drawn from, uniformly over the tuple, so a category listed three times is drawn three
   times as often (the spec's stream, each category once, is the default).
@@ -51,12 +54,12 @@ def sample_rng(seed: int, stage: str, index: int) -> np.random.Generator:
 
 
 def make_sample(stage: str, rng: np.random.Generator, categories: Sequence[str] = spec.CATEGORIES, edit_kinds: Sequence[str] = spec.EDIT_KINDS,
-                edit_distractors: float = 0.0, caption_order: bool = False) -> dict[str, Any]:
+                edit_distractors: float = 0.0, caption_order: bool = False, position_colours: float = 0.0) -> dict[str, Any]:
     """One sample dict for ``stage`` drawn from ``rng``."""
     if stage == "edit":
         triplet = next(edit_triplets(rng, edit_kinds, edit_distractors))
         return {"prompt": triplet.instruction, "target": to_pixels(render(triplet.target)), "images": [to_pixels(render(triplet.source))], "kind": triplet.kind}
-    category, prompt, scene = next(train_pairs(rng, categories, caption_order))
+    category, prompt, scene = next(train_pairs(rng, categories, caption_order, position_colours))
     return {"prompt": prompt, "target": to_pixels(render(scene)), "images": [], "category": category}
 
 
@@ -64,7 +67,7 @@ class ShapesWorldDataset(torch.utils.data.Dataset):
     """``num_samples`` deterministic ShapesWorld samples of one stage (map-style, any index in any order)."""
 
     def __init__(self, stage: str, num_samples: int = 100_000, seed: int = 0, categories: Sequence[str] = spec.CATEGORIES, edit_kinds: Sequence[str] = spec.EDIT_KINDS,
-                 edit_distractors: float = 0.0, caption_order: bool = False) -> None:
+                 edit_distractors: float = 0.0, caption_order: bool = False, position_colours: float = 0.0) -> None:
         if stage not in STAGE_CODES:
             raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGE_CODES)}")
         self.stage = stage
@@ -74,6 +77,7 @@ class ShapesWorldDataset(torch.utils.data.Dataset):
         self.edit_kinds = tuple(edit_kinds)
         self.edit_distractors = float(edit_distractors)
         self.caption_order = bool(caption_order)
+        self.position_colours = float(position_colours)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -84,7 +88,8 @@ class ShapesWorldDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
-        return make_sample(self.stage, sample_rng(self.seed, self.stage, index), self.categories, self.edit_kinds, self.edit_distractors, self.caption_order)
+        return make_sample(self.stage, sample_rng(self.seed, self.stage, index), self.categories, self.edit_kinds, self.edit_distractors, self.caption_order,
+                           self.position_colours)
 
 
 def weighted_categories(weights: str) -> tuple[str, ...]:

@@ -110,6 +110,8 @@ class TrainConfig:
     """ShapesWorld text-to-image scenes stand left to right in the order their prompt names the objects (``train.shapesworld_data``)."""
     category_weights: str = ""
     """ShapesWorld text-to-image prompts: how often each GenEval category is drawn, e.g. "position=3" (``weighted_categories``)."""
+    position_colours: float = 0.0
+    """ShapesWorld: the share of position prompts that name a colour for each object (``with_colours``)."""
     ema_decay: float = 0.0
     timestep_logit_mean: float | None = None
     timestep_logit_std: float | None = None
@@ -138,6 +140,8 @@ class TrainConfig:
         require(0 <= self.edit_distractors <= 1, f"--edit-distractors {self.edit_distractors} must be in [0, 1]")
         require(not self.caption_order or self.data == "shapesworld", "--caption-order lays out ShapesWorld scenes; it needs --data shapesworld")
         require(not self.category_weights or self.data == "shapesworld", "--category-weights draws ShapesWorld prompts; it needs --data shapesworld")
+        require(0 <= self.position_colours <= 1, f"--position-colours {self.position_colours} is a share of the position prompts; give a value in [0, 1]")
+        require(not self.position_colours or self.data == "shapesworld", "--position-colours colours ShapesWorld prompts; it needs --data shapesworld")
         if self.category_weights:
             from .shapesworld_data import weighted_categories
 
@@ -428,7 +432,8 @@ class Trainer:
                 from .shapesworld_data import shapesworld_dataset, weighted_categories
 
                 source = shapesworld_dataset(stage, cfg.shapesworld_samples, seed=cfg.seed, edit_distractors=cfg.edit_distractors,
-                                             caption_order=cfg.caption_order, categories=weighted_categories(cfg.category_weights))
+                                             caption_order=cfg.caption_order, categories=weighted_categories(cfg.category_weights),
+                                             position_colours=cfg.position_colours)
             else:
                 records = load_records(source, stage, self.index_skips, cfg.max_aspect, cfg.min_clip, cfg.max_watermark)
                 dataset = FileDataset(records, stage, self.buckets, cfg.recon_prompt)
@@ -681,7 +686,8 @@ class Trainer:
                 "format": st.STATE_FORMAT, "format_version": st.STATE_VERSION,
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "stage": cfg.stage, "seed": cfg.seed, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "replay_share": cfg.replay_share,
-                "edit_distractors": cfg.edit_distractors, "caption_order": cfg.caption_order, "category_weights": cfg.category_weights, "ema_decay": cfg.ema_decay, "ema_step": self.ema.optimization_step if self.ema is not None else None,
+                "edit_distractors": cfg.edit_distractors, "caption_order": cfg.caption_order, "category_weights": cfg.category_weights,
+                "position_colours": cfg.position_colours, "ema_decay": cfg.ema_decay, "ema_step": self.ema.optimization_step if self.ema is not None else None,
                 "num_processes": acc.num_processes, "total_steps": self.total_steps, "warmup": self.warmup,
                 "lr": cfg.lr, "min_lr": cfg.min_lr, "scheduler": st.scheduler_state(self.scheduler),
                 "grad_scaler": st.jsonable(scaler) if scaler is not None else None,
@@ -703,9 +709,11 @@ class Trainer:
         data.setdefault("edit_distractors", 0.0)  # ... or before edit distractors
         data.setdefault("caption_order", False)  # ... or before caption order
         data.setdefault("category_weights", "")  # ... or before category weights
+        data.setdefault("position_colours", 0.0)  # ... or before position colours
         mismatch = [f"{k} {data[k]} (now {v})" for k, v in (("stage", cfg.stage), ("batch_size", cfg.batch_size), ("grad_accum", cfg.grad_accum),
                                                                ("num_processes", acc.num_processes), ("seed", cfg.seed), ("replay_share", cfg.replay_share),
                                                                ("edit_distractors", cfg.edit_distractors), ("caption_order", cfg.caption_order), ("category_weights", cfg.category_weights),
+                                                               ("position_colours", cfg.position_colours),
                                                                ("ema_decay", cfg.ema_decay)) if data.get(k) != v]
         require(not mismatch, f"cannot resume from {folder} exactly: it was written with {', '.join(mismatch)}; use the same settings (or start a new --out)")
         saved_params = data["parameters"]
@@ -821,6 +829,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category-weights", default=d.category_weights, metavar="CATEGORY=N,...",
                    help="--data shapesworld: draw text-to-image prompts of these GenEval categories N times as often as the others, e.g. position=3 "
                         "(replayed samples too; default: each category alike, the spec's stream)")
+    p.add_argument("--position-colours", type=float, default=d.position_colours, metavar="SHARE",
+                   help="--data shapesworld: this share of the text-to-image position prompts name a colour for each object ('a red circle above a blue "
+                        "square'; only colours of training strings, replayed samples too; default %(default)s: the spec's stream)")
     p.add_argument("--edit-distractors", type=float, default=d.edit_distractors,
                    help="--data shapesworld, edit stage: share of the recolours and removals whose named object shares its colour with another "
                         "object, so that only the shape word tells them apart (default %(default)s: the spec's distribution)")

@@ -11,7 +11,7 @@ from .evaluate import (DetectedObject, classify_shape, cross_scale_consistency, 
                        relation_placement, scale_agreement, score_prompt, shape_binding)
 from .prompts import (ALL_PROMPTS, HELDOUT_PROMPTS, TRAIN_PROMPTS, ObjectSpec, Requirement, caption,
                       heldout_pairs, heldout_prompts, is_held_out, is_held_out_scene, parse_prompt,
-                      sample_pair, sample_prompt, scene_for_prompt, scene_satisfies, train_pairs)
+                      sample_pair, sample_prompt, scene_for_prompt, scene_satisfies, train_pairs, with_colours)
 from .render import downscale, render, render_scales, shape_mask
 from .scene import (PlacementError, Scene, SceneObject, box_gap, place_object, place_objects, random_scene,
                     relation_holds)
@@ -25,7 +25,7 @@ __all__ = [
     "relation_holds",
     "render", "downscale", "render_scales", "shape_mask",
     "ObjectSpec", "Requirement", "parse_prompt", "caption", "scene_for_prompt", "scene_satisfies",
-    "sample_prompt", "sample_pair", "train_pairs", "heldout_prompts", "heldout_pairs", "is_held_out",
+    "sample_prompt", "sample_pair", "train_pairs", "with_colours", "heldout_prompts", "heldout_pairs", "is_held_out",
     "is_held_out_scene", "ALL_PROMPTS", "TRAIN_PROMPTS", "HELDOUT_PROMPTS",
     "Instruction", "EditTriplet", "parse_instruction", "check_instruction", "apply_instruction", "sample_edit",
     "edit_triplets",

@@ -241,18 +241,34 @@ def sample_prompt(category: str, rng: np.random.Generator, split: str = "train")
     return prompts[int(rng.integers(len(prompts)))]
 
 
-def sample_pair(category: str, rng: np.random.Generator, caption_order: bool = False) -> tuple[str, Scene]:
+def with_colours(prompt: str, rng: np.random.Generator) -> str:
+    """``prompt`` with a colour drawn for each object that has none ("a circle above a square" -> "a red circle above
+    a green square"; the colours independent, so they may be equal). A project option for training data
+    (``position_colours``), outside the spec's position template: the prompt still parses and still scores, and its
+    uncoloured form is the string it was drawn from, so a coloured position prompt never shows a composition of shapes,
+    relation and style that is held out (docs/shapesworld.md)."""
+    req = parse_prompt(prompt)
+    if req.form != "relation":
+        raise ValueError(f"with_colours colours position prompts ('a circle above a square'); {prompt!r} is not one")
+    first, second = (ObjectSpec(o.color or spec.COLORS[int(rng.integers(len(spec.COLORS)))], o.shape).phrase() for o in req.objects)
+    return f"{first} {spec.RELATION_PHRASES[req.relation]} {second}" + (spec.OUTLINE_SUFFIX if req.style == "outline" else "")
+
+
+def sample_pair(category: str, rng: np.random.Generator, caption_order: bool = False, position_colours: float = 0.0) -> tuple[str, Scene]:
     """One training (prompt, scene) of a category; never a held-out prompt or held-out scene (``caption_order``: see
-    :func:`scene_for_prompt`)."""
+    :func:`scene_for_prompt`; ``position_colours``: that share of the position prompts get colours, :func:`with_colours`;
+    0 draws nothing more, the spec's stream draw for draw)."""
     prompt = sample_prompt(category, rng, "train")
+    if category == "position" and position_colours > 0 and rng.random() < position_colours:
+        prompt = with_colours(prompt, rng)
     while True:
         scene = scene_for_prompt(prompt, rng, caption_order)
         if category not in SCENE_SPLIT_CATEGORIES or not is_held_out_scene(scene):
             return prompt, scene
 
 
-def train_pairs(rng: np.random.Generator,
-                categories: Sequence[str] = spec.CATEGORIES, caption_order: bool = False) -> Iterator[tuple[str, str, Scene]]:
+def train_pairs(rng: np.random.Generator, categories: Sequence[str] = spec.CATEGORIES, caption_order: bool = False,
+                position_colours: float = 0.0) -> Iterator[tuple[str, str, Scene]]:
     """Endless (category, prompt, scene) training samples, categories uniformly at random.
 
     Never yields a held-out prompt string (position / color_attr) nor a held-out scene for
@@ -264,7 +280,7 @@ def train_pairs(rng: np.random.Generator,
             raise ValueError(f"unknown category {c!r}")
     while True:
         cat = cats[int(rng.integers(len(cats)))]
-        prompt, scene = sample_pair(cat, rng, caption_order)
+        prompt, scene = sample_pair(cat, rng, caption_order, position_colours)
         yield cat, prompt, scene
 
 
