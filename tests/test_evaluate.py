@@ -125,23 +125,31 @@ def test_edit_settings_are_tuned_on_validation_edits_never_the_heldout_ones(monk
 
 def test_position_strings_paint_every_training_and_heldout_position_string(monkeypatch, tmp_path):
     """``--position-strings 2``: each split's position strings twice each; a model that paints each prompt's scene
-    passes them all, one that paints them upside down passes none and is told "opposite" every time."""
+    passes them all, one that paints them upside down passes none and is told "opposite" every time, and one that
+    turns only the outline strings is seen doing so string by string."""
     asked = []
 
     def paint(flip):
         def generate(model, settings, prompts):
             asked.append([p for _, p in prompts])
-            scenes = [scene_for_prompt(p, np.random.default_rng(i)) for i, (_, p) in enumerate(prompts)]
-            return [[render(s)[::-1, ::-1] if flip else render(s) for s in scenes]]  # a half turn swaps left/right and above/below
+            scenes = [(p, scene_for_prompt(p, np.random.default_rng(i))) for i, (_, p) in enumerate(prompts)]
+            return [[render(s)[::-1, ::-1] if flip(p) else render(s) for p, s in scenes]]  # a half turn swaps left/right and above/below
         return generate
 
-    monkeypatch.setattr(evaluate, "generate_heldout", paint(False))
+    monkeypatch.setattr(evaluate, "generate_heldout", paint(lambda prompt: "outline" in prompt))
+    for split in evaluate.position_strings(None, EvalSettings(), 2).values():
+        assert len(split["by string"]) == split["n"] / 2 and 0 < split["position"] < 1
+        for prompt, row in split["by string"].items():
+            outline = "outline" in prompt
+            assert (row["n"], row["position"], row["relation_placement"]["opposite"]) == (2, 0.0 if outline else 1.0, 1.0 if outline else 0.0)
+    asked.clear()
+    monkeypatch.setattr(evaluate, "generate_heldout", paint(lambda prompt: False))
     right = evaluate.position_strings(None, EvalSettings(), 2)
     assert [sorted(set(a)) for a in asked] == [sorted(TRAIN_PROMPTS["position"]), sorted(HELDOUT_PROMPTS["position"])]
     assert [len(a) for a in asked] == [2 * len(TRAIN_PROMPTS["position"]), 2 * len(HELDOUT_PROMPTS["position"])]
     assert {split: (r["n"], r["position"], r["relation_placement"]["as named"]) for split, r in right.items()} == {
         "train": (70, 1.0, 1.0), "heldout": (26, 1.0, 1.0)}
-    monkeypatch.setattr(evaluate, "generate_heldout", paint(True))
+    monkeypatch.setattr(evaluate, "generate_heldout", paint(lambda prompt: True))
     turned = evaluate.position_strings(None, EvalSettings(), 1)
     assert all(r["position"] == 0.0 and r["relation_placement"]["opposite"] == 1.0 for r in turned.values())
     torch.manual_seed(0)  # and the command writes them into its report

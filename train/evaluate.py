@@ -231,14 +231,19 @@ def evaluate_model(model: HieraQuery, settings: EvalSettings) -> dict:
 def position_strings(model: HieraQuery, settings: EvalSettings, reps: int) -> dict[str, dict]:
     """Every position prompt string of the training and of the held-out split, painted ``reps`` times each as
     :func:`generate_heldout` paints: per split, the share that passes (GenEval's position check) and
-    :func:`relation_placement`. Whether position fails on the held-out strings only (a composition the model did not
-    generalise to) or on the training ones too (not learned), and on which relation (docs/demo-and-ablations.md section 3)."""
+    :func:`relation_placement`, over the split and ("by string") for each string. Whether position fails on the
+    held-out strings only (a composition the model did not generalise to) or on the training ones too (not learned),
+    on which relation, and whether a held-out string fails where its twin of the other style trains well
+    (docs/demo-and-ablations.md section 3)."""
+    def scores(results: list[tuple[str, np.ndarray]]) -> dict:
+        return {"n": len(results), "position": float(np.mean([score_prompt(p, img) for p, img in results])), "relation_placement": relation_placement(results)}
+
     report = {}
     for split, table in (("train", TRAIN_PROMPTS), ("heldout", HELDOUT_PROMPTS)):
         prompts = [("position", p) for p in table["position"] for _ in range(reps)]
         results = [(p, img) for (_, p), img in zip(prompts, generate_heldout(model, settings, prompts)[-1])]
-        report[split] = {"n": len(results), "position": float(np.mean([score_prompt(p, img) for p, img in results])),
-                         "relation_placement": relation_placement(results)}
+        by_string = {p: [r for r in results if r[0] == p] for p in table["position"]}
+        report[split] = {**scores(results), "by string": {p: scores(r) for p, r in by_string.items()}}
     return report
 
 
