@@ -11,9 +11,9 @@ import torch
 
 from hieraquery_core.checkpoint import save_checkpoint
 from hieraquery_core.shapesworld import spec
-from hieraquery_core.shapesworld.prompts import parse_prompt
-from train.diagnose import (BINDING_SLOTS, FACTORS, binding_probes, token_probes, checkpoint_shares, factor_prompts, main, random_query_shares, ridge_accuracy,
-                            ridge_fit, slot_word, variance_shares, vision_position_probe, vision_shape_probe)
+from hieraquery_core.shapesworld.prompts import HELDOUT_PROMPTS, TRAIN_PROMPTS, parse_prompt
+from train.diagnose import (BINDING_SLOTS, CONTRASTS, FACTORS, binding_probes, token_probes, checkpoint_shares, factor_prompts, main, position_variant, random_query_contrasts, random_query_shares,
+                            relation_contrasts, ridge_accuracy, ridge_fit, slot_word, variance_shares, vision_position_probe, vision_shape_probe)
 from tests.tiny_models import make_model
 
 
@@ -120,6 +120,51 @@ def test_token_probes_tell_tokens_that_hold_one_objects_shape_from_tokens_that_h
         assert mixed["one_shape_only"] == 0 and mixed["both_shapes"] == 4 and mixed["first_shape_token"] == [1.0, 1.0]
 
 
+class PositionCodes:
+    """A stand-in model whose states are one-hot codes of a position prompt's first shape, relation axis (left/right or
+    above/below), relation direction (left/above or right/below), second shape and style, each block scaled by its
+    weight: a small ``direction`` is a relation word whose opposite barely moves the states."""
+
+    def __init__(self, **weights):
+        self.weights, self.config = weights, SimpleNamespace(scales=[SimpleNamespace(name="2x2")])
+
+    def encode(self, prompts):
+        words = {"first": spec.SHAPES, "axis": (True, False), "direction": (True, False), "second": spec.SHAPES, "style": ("filled", "outline")}
+        rows = []
+        for prompt in prompts:
+            req = parse_prompt(prompt)
+            said = {"first": req.objects[0].shape, "axis": req.relation in ("left", "right"), "direction": req.relation in ("left", "above"),
+                    "second": req.objects[1].shape, "style": req.style}
+            rows.append(np.concatenate([self.weights[k] * np.eye(len(v))[v.index(said[k])] for k, v in words.items()]))
+        return [torch.tensor(np.stack(rows))[:, None]]
+
+    def condition(self, states):
+        return [SimpleNamespace(tokens=t) for t in states]
+
+
+def test_position_variants_change_one_thing():
+    assert position_variant("a circle to the left of a square", "relation word") == "a circle to the right of a square"
+    assert position_variant("a circle above a square, outline style", "order") == "a square above a circle, outline style"
+    assert position_variant("a circle below a square", "style") == "a circle below a square, outline style"
+    assert all(position_variant(position_variant(p, c), c) == p for p in ("a triangle below a circle", "a square to the right of a circle, outline style") for c in CONTRASTS)
+
+
+def test_relation_contrasts_tell_a_read_relation_word_from_an_ignored_one():
+    """States that weigh the relation word most move most when it changes, and a held-out string then lies nearest to a
+    training string with its own relation word; states that barely code it hardly move, and the held-out strings lie
+    nearest to the ones with the other relation word (the diagnosis of the demo's "opposite" placements)."""
+    read = relation_contrasts(PositionCodes(first=1.0, axis=1.0, direction=3.0, second=1.0, style=1.0))
+    faint = relation_contrasts(PositionCodes(first=1.0, axis=1.0, direction=0.1, second=1.0, style=3.0))
+    for report in (read, faint):
+        assert set(report) == {"query_states", "conditions"} and report["query_states"] == report["conditions"]
+        assert set(report["conditions"]["2x2"]) == {*CONTRASTS, "held-out nearest: the other relation word"}
+    read, faint = read["conditions"]["2x2"], faint["conditions"]["2x2"]
+    assert read["relation word"] < read["style"] and read["held-out nearest: the other relation word"] == 0.0
+    twin_trained = np.mean([position_variant(p, "relation word") in TRAIN_PROMPTS["position"] for p in HELDOUT_PROMPTS["position"]])
+    assert faint["relation word"] > 0.99 and faint["style"] < 0
+    assert faint["held-out nearest: the other relation word"] == twin_trained > 0  # every held-out string whose twin trains
+
+
 def test_checkpoint_and_mllm_reports_on_a_tiny_model(tmp_path, capsys):
     model = make_model()
     shares = checkpoint_shares(model)
@@ -129,6 +174,9 @@ def test_checkpoint_and_mllm_reports_on_a_tiny_model(tmp_path, capsys):
             assert set(per_scale) == set(FACTORS) and all(0 <= v <= 1 for v in per_scale.values())
             assert sum(per_scale.values()) <= 1 + 1e-6
     random = random_query_shares(model.mllm, grid=(2, 2), seeds=1)
+    contrasts = random_query_contrasts(model.mllm, grid=(2, 2), seeds=2)
+    assert set(contrasts) == {*CONTRASTS, "held-out nearest: the other relation word"} and all(-1 <= contrasts[c] <= 1 for c in CONTRASTS)
+    assert contrasts["relation word"] < 1 - 1e-6  # the words reach an untrained MLLM's states
     assert random["color"] > 0 and random["shape"] > 0  # an untrained MLLM passes on every word
     assert 0 <= vision_shape_probe(model.mllm, n=12, batch=12) <= 1
     position = vision_position_probe(model.mllm, n=12, batch=12)
@@ -141,6 +189,7 @@ def test_checkpoint_and_mllm_reports_on_a_tiny_model(tmp_path, capsys):
     assert list(report["binding_probes"]["conditions"]) == [s.name for s in model.config.scales]
     assert all(set(per_scale) == set(BINDING_SLOTS) for per_scale in report["binding_probes"]["conditions"].values())
     assert report["token_probes"]["conditions"]["tokens"] == model.config.scales[-1].num_queries
+    assert list(report["relation_contrasts"]["conditions"]) == [s.name for s in model.config.scales]
 
 
 def test_the_command_needs_something_to_diagnose():

@@ -16,7 +16,9 @@ cannot follow it, however long it trains. This module measures, on the 36 single
 * how precisely it locates an object: a ridge regression of the object's centre from the whole feature grid
   (in-place reconstruction, the editing stage's premise, needs 2 px);
 * for a trained checkpoint, whether its conditions still bind colours to shapes in two-object prompts
-  (:func:`binding_probes`), and whether single condition tokens hold one object's shape or both (:func:`token_probes`).
+  (:func:`binding_probes`), and whether single condition tokens hold one object's shape or both (:func:`token_probes`);
+* for a trained checkpoint, how far a position prompt's states move when its relation word, the order of its shapes
+  or its style changes, and which training string a held-out one lies nearest to (:func:`relation_contrasts`).
 
     python -m train.diagnose --mllm hieraquery_core/assets/shapesworld-mllm
     python -m train.diagnose --checkpoint hieraquery_core/assets/shapesworld-demo
@@ -42,7 +44,8 @@ from hieraquery_core.mllm import FrozenMLLM
 from hieraquery_core.model import HieraQuery
 from hieraquery_core.queries import MultiScaleQueries
 from hieraquery_core.shapesworld import spec
-from hieraquery_core.shapesworld.prompts import ALL_PROMPTS, parse_prompt
+from hieraquery_core.shapesworld.evaluate import OPPOSITE
+from hieraquery_core.shapesworld.prompts import ALL_PROMPTS, HELDOUT_PROMPTS, TRAIN_PROMPTS, parse_prompt
 from hieraquery_core.shapesworld.scene import random_scene
 from train.shapesworld_mllm import pixels_of
 
@@ -96,14 +99,20 @@ def checkpoint_shares(model: HieraQuery) -> dict[str, dict[str, dict[str, float]
 
 
 @torch.no_grad()
-def random_query_shares(mllm: FrozenMLLM, grid: tuple[int, int] = (16, 16), seeds: int = 3) -> dict[str, float]:
-    """Variance shares of the MLLM's states over freshly initialised queries (mean over ``seeds`` draws)."""
-    prompts, levels = factor_prompts()
+def random_query_draws(mllm: FrozenMLLM, prompts: list[str], grid: tuple[int, int], seeds: int) -> list[torch.Tensor]:
+    """The MLLM's states for ``prompts`` over freshly initialised queries of the size HieraQuery initialises them with,
+    one [N, N_q, d] tensor per seed (0, 1, ...)."""
     draws = []
     for seed in range(seeds):
         torch.manual_seed(seed)
-        queries = MultiScaleQueries([ScaleSpec(grid=grid, resolution=1.0)], mllm.hidden_size)
-        draws.append(variance_shares(query_states(mllm, queries, prompts)[0], levels))
+        draws.append(query_states(mllm, MultiScaleQueries([ScaleSpec(grid=grid, resolution=1.0)], mllm.hidden_size), prompts)[0])
+    return draws
+
+
+def random_query_shares(mllm: FrozenMLLM, grid: tuple[int, int] = (16, 16), seeds: int = 3) -> dict[str, float]:
+    """Variance shares of the MLLM's states over freshly initialised queries (mean over ``seeds`` draws)."""
+    prompts, levels = factor_prompts()
+    draws = [variance_shares(states, levels) for states in random_query_draws(mllm, prompts, grid, seeds)]
     return {f: float(np.mean([d[f] for d in draws])) for f in FACTORS}
 
 
@@ -242,16 +251,75 @@ def vision_position_probe(mllm: FrozenMLLM, n: int = 300, seed: int = 0, batch: 
     }
 
 
+CONTRASTS = ("relation word", "order", "style")
+"""What a position string is changed in by :func:`position_variant`: the relation word turned to its opposite and the
+two shapes swapped each ask for the opposite layout; the style asks for the same layout."""
+
+
+def position_variant(prompt: str, contrast: str) -> str:
+    """``prompt`` ("a circle to the left of a square") with one :data:`CONTRASTS` change ("... to the right of ...",
+    "a square to the left of a circle", "..., outline style")."""
+    req = parse_prompt(prompt)
+    first, second = (o.phrase() for o in req.objects)
+    relation, style = req.relation, req.style
+    if contrast == "relation word":
+        relation = OPPOSITE[relation]
+    elif contrast == "order":
+        first, second = second, first
+    else:
+        style = "filled" if style == "outline" else "outline"
+    return f"{first} {spec.RELATION_PHRASES[relation]} {second}" + (spec.OUTLINE_SUFFIX if style == "outline" else "")
+
+
+POSITION_PROMPTS: tuple[str, ...] = ALL_PROMPTS["position"]
+"""The 48 position strings :func:`relation_contrasts` encodes (both splits, both styles)."""
+
+
+def contrast_scores(states: torch.Tensor) -> dict[str, float]:
+    """For states [48, ...] of :data:`POSITION_PROMPTS` (one row a string): the mean cosine similarity (of the states
+    less their mean over the strings) of each string to the one that differs from it only by each :data:`CONTRASTS`
+    change, and the share of the held-out strings whose nearest training string is the one with the other relation word."""
+    row = {p: i for i, p in enumerate(POSITION_PROMPTS)}
+    x = states.reshape(len(POSITION_PROMPTS), -1).double()
+    x = torch.nn.functional.normalize(x - x.mean(dim=0), dim=1)
+    cosine = x @ x.T
+    means = {c: float(np.mean([cosine[row[p], row[position_variant(p, c)]].item() for p in POSITION_PROMPTS])) for c in CONTRASTS}
+    trained = [row[p] for p in TRAIN_PROMPTS["position"]]
+    nearest = [POSITION_PROMPTS[max(trained, key=lambda j: cosine[row[p], j].item())] for p in HELDOUT_PROMPTS["position"]]
+    other_word = np.mean([n == position_variant(p, "relation word") for p, n in zip(HELDOUT_PROMPTS["position"], nearest)])
+    return {**means, "held-out nearest: the other relation word": float(other_word)}
+
+
+@torch.no_grad()
+def relation_contrasts(model: HieraQuery) -> dict[str, dict[str, dict[str, float]]]:
+    """Whether a trained model's conditions tell a position prompt's relation from its other words: the
+    :func:`contrast_scores` of every position string's query states (Eq. 4) and conditions (Eq. 5), per scale.
+
+    A DiT that paints a held-out string like its nearest training string puts the objects on the opposite side as
+    often as that share; a relation word whose change leaves the states nearly where they are (cosine near 1, while
+    the style moves them far) is one the DiT can hardly read (docs/demo-and-ablations.md section 3)."""
+    states = model.encode(list(POSITION_PROMPTS))
+    per_part = {"query_states": states, "conditions": [c.tokens for c in model.condition(states)]}
+    return {name: {scale.name: contrast_scores(tensor) for scale, tensor in zip(model.config.scales, per_scale)} for name, per_scale in per_part.items()}
+
+
+def random_query_contrasts(mllm: FrozenMLLM, grid: tuple[int, int] = (16, 16), seeds: int = 3) -> dict[str, float]:
+    """:func:`contrast_scores` of an MLLM's states over freshly initialised queries (mean over ``seeds`` draws): how far
+    the MLLM alone moves its states for a relation word, before any HieraQuery training (compare two MLLMs with it)."""
+    draws = [contrast_scores(states) for states in random_query_draws(mllm, list(POSITION_PROMPTS), grid, seeds)]
+    return {k: float(np.mean([d[k] for d in draws])) for k in draws[0]}
+
+
 def diagnose_mllm(folder: Path) -> dict:
     """The report for an MLLM folder: random-query variance shares and the vision shape and position probes."""
     mllm = build_mllm(BackboneSpec("qwen2_5_vl", path=str(folder)))
-    return {"mllm": str(folder), "random_query_shares_16x16": random_query_shares(mllm), "vision_shape_probe": vision_shape_probe(mllm),
-            "vision_position_probe": vision_position_probe(mllm)}
+    return {"mllm": str(folder), "random_query_shares_16x16": random_query_shares(mllm), "random_query_relation_contrasts_16x16": random_query_contrasts(mllm),
+            "vision_shape_probe": vision_shape_probe(mllm), "vision_position_probe": vision_position_probe(mllm)}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mllm", type=Path, help="an MLLM folder: random-query shares and the vision shape and position probes")
+    parser.add_argument("--mllm", type=Path, help="an MLLM folder: random-query shares and relation contrasts, the vision shape and position probes")
     parser.add_argument("--checkpoint", type=Path, help="a HieraQuery checkpoint: shares of its query states and conditions, and the binding probes")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="also write the report here as JSON")
@@ -268,6 +336,7 @@ def main(argv: list[str] | None = None) -> None:
         report.update(checkpoint_shares(model))
         report["binding_probes"] = binding_probes(model)
         report["token_probes"] = token_probes(model)
+        report["relation_contrasts"] = relation_contrasts(model)
     text = json.dumps(report, indent=2)
     if args.out is not None:
         args.out.write_text(text + "\n")
