@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import sys
 from collections import Counter, deque
 from pathlib import Path
@@ -626,6 +627,26 @@ def test_text_questions_are_settled_by_their_text():
         else:
             assert answer_question(scene_for_prompt(text, rng), question) == answer, (text, question)
     assert kinds == {"count", "color", "left_of"}
+
+
+def test_relation_text_questions_are_settled_by_every_scene_of_their_prompt():
+    """``sample_relation_text_question``: a training position prompt and a question about which way its relation
+    points; the answer holds in any scene drawn for the prompt, "yes" and "no" come about equally often, and every
+    relation word and both orders are asked."""
+    from hieraquery_core.shapesworld import is_held_out, sample_relation_text_question, scene_for_prompt
+
+    rng = np.random.default_rng(6)
+    asked, answers = set(), []
+    for _ in range(300):
+        text, question, answer = sample_relation_text_question(rng)
+        assert sw.parse_prompt(text).form == "relation" and not is_held_out(text)
+        first, phrase, second = re.fullmatch(rf"is the ({'|'.join(sw.SHAPES)}) (.+) the ({'|'.join(sw.SHAPES)})", question).groups()
+        scene = scene_for_prompt(text, rng)
+        a, b = (next(o for o in scene.objects if o.shape == shape) for shape in (first, second))
+        assert sw.relation_holds(a, b, sw.spec.RELATIONS[phrase]) == (answer == "yes"), (text, question, answer)
+        asked.add((phrase, first == sw.parse_prompt(text).objects[0].shape))
+        answers.append(answer)
+    assert len(asked) == 8 and 0.4 < answers.count("yes") / len(answers) < 0.6
 
 
 def test_grounding_questions_answer_with_the_box_of_the_one_object_they_name():

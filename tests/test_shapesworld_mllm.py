@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ def small_mllm(seed: int = 0):
 def test_vocabulary_covers_every_text_of_the_world():
     mllm = small_mllm()
     rng = np.random.default_rng(0)
-    _, questions, answers = sample_examples(rng, 200, text_fraction=0.3)
+    _, questions, answers = sample_examples(rng, 200, text_fraction=0.3, relation_fraction=0.2)
     instructions = [next(edit_triplets(rng)).instruction for _ in range(50)]
     unk = mllm.tokenizer.unk_token_id
     for text in [*questions, *answers, *instructions, "a red circle to the left of a blue square , outline style"]:
@@ -106,6 +107,15 @@ def test_repeat_examples_ask_for_a_training_text_back():
     assert not any(images) and 20 < len(repeats) < 60
     assert all(q == f"{a} {TEXT_SEPARATOR} {REPEAT}" and not is_held_out(a) for q, a in repeats)
     assert any("," in a for _, a in repeats) and any(" and " in a for _, a in repeats)
+
+
+def test_relation_examples_ask_about_a_position_prompt_given_as_text():
+    """``relation_fraction``: that share of the examples are relation questions about a training position prompt,
+    with no image; 0 leaves the stream exactly as it was."""
+    images, questions, answers = sample_examples(np.random.default_rng(6), 80, relation_fraction=0.5)
+    relation = [i for i, q in enumerate(questions) if re.search(rf" {re.escape(TEXT_SEPARATOR)} is the \w+ (to the left of|to the right of|above|below) the \w+$", q)]
+    assert 20 < len(relation) < 60 and not any(images[i] for i in relation) and {answers[i] for i in relation} == {"yes", "no"}
+    assert sample_examples(np.random.default_rng(6), 20, relation_fraction=0.0)[1] == sample_examples(np.random.default_rng(6), 20)[1]
 
 
 def test_evaluation_reports_text_questions_and_describe_answers_without_an_image():

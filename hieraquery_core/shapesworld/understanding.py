@@ -12,6 +12,11 @@ to paint every untouched object back within 2 px (``EDIT_POSITION_TOLERANCE``), 
 the input image passes through the MLLM (docs/demo-and-ablations.md section 1). ``sample_question`` draws it
 only when asked for (``kind="where"``), so the spec's question stream is unchanged.
 
+A second extension asks about the relation a position prompt states, given as text: "a circle above a square . is
+the square below the circle" -> "yes" (:func:`sample_relation_text_question`; every relation word, where the spec's
+questions only ask "to the left of"), so that the MLLM's states carry which way a relation points
+(docs/demo-and-ablations.md section 3, ``train.diagnose``'s relation contrasts).
+
 Project decisions (``docs/shapesworld.md``): questions carry no question mark (like prompts, no
 trailing punctuation); count answers are "zero" .. "four" ("zero" included: the sampler asks
 about an absent shape about one time in five; "one", not "a"); the left-of question is only
@@ -28,16 +33,20 @@ from typing import Iterator
 import numpy as np
 
 from . import spec
-from .prompts import caption, is_held_out, sample_pair
+from .evaluate import OPPOSITE
+from .prompts import caption, is_held_out, parse_prompt, sample_pair, sample_prompt
 from .scene import Scene, random_scene, relation_holds
 
 __all__ = ["Question", "answer_question", "parse_question", "sample_question", "question_pairs",
-           "sample_caption", "sample_training_text", "sample_text_question", "caption", "GROUNDING_WORDS", "parse_box"]
+           "sample_caption", "sample_training_text", "sample_text_question", "sample_relation_text_question", "caption", "GROUNDING_WORDS",
+           "parse_box"]
 
 GROUNDING_TEMPLATE = "where is the {color} {shape}"
 """The grounding question (a project extension, module docstring); the answer is the box "x0 y0 x1 y1"."""
 GROUNDING_WORDS: tuple[str, ...] = ("where", *(str(i) for i in range(spec.CANVAS + 1)))
 """Words the grounding questions add to the world's vocabulary: "where" and the pixel coordinates 0..64."""
+RELATION_TEXT_TEMPLATE = "is the {shape} {phrase} the {shape2}"
+"""The question about a position prompt given as text (a project extension, module docstring); answered yes or no."""
 
 
 @dataclass(frozen=True)
@@ -206,3 +215,20 @@ def sample_text_question(rng: np.random.Generator) -> tuple[str, str, str]:
         if q.kind == "color" and not re.search(rf"\b{answer} {q.shape}\b", text):
             continue
         return text, q.text(), answer
+
+
+def sample_relation_text_question(rng: np.random.Generator) -> tuple[str, str, str]:
+    """A (text, question, answer) triple: a training position prompt (never a held-out one) and a question about the
+    relation it states between its two objects, with the same or the opposite relation word and the shapes in the
+    same or the other order, each at random ("a circle above a square": "is the circle above the square" and "is the
+    square below the circle" -> "yes", "is the circle below the square" and "is the square above the circle" -> "no"),
+    so "yes" and "no" are equally likely and only the relation word and the order tell them apart."""
+    text = sample_prompt("position", rng, "train")
+    req = parse_prompt(text)
+    first, second = (o.shape for o in req.objects)
+    flip_word, flip_order = bool(rng.random() < 0.5), bool(rng.random() < 0.5)
+    relation = OPPOSITE[req.relation] if flip_word else req.relation
+    if flip_order:
+        first, second = second, first
+    question = RELATION_TEXT_TEMPLATE.format(shape=first, phrase=spec.RELATION_PHRASES[relation], shape2=second)
+    return text, question, "yes" if flip_word == flip_order else "no"
