@@ -647,6 +647,9 @@ def test_relation_text_questions_are_settled_by_every_scene_of_their_prompt():
         asked.add((phrase, first == sw.parse_prompt(text).objects[0].shape))
         answers.append(answer)
     assert len(asked) == 8 and 0.4 < answers.count("yes") / len(answers) < 0.6
+    assert [sw.relation_text_question("a circle above a square", word, order) for word in (False, True) for order in (False, True)] == [
+        ("is the circle above the square", "yes"), ("is the square above the circle", "no"),
+        ("is the circle below the square", "no"), ("is the square below the circle", "yes")]
 
 
 def test_grounding_questions_answer_with_the_box_of_the_one_object_they_name():

@@ -121,8 +121,8 @@ def test_relation_examples_ask_about_a_position_prompt_given_as_text():
 def test_evaluation_reports_text_questions_and_describe_answers_without_an_image():
     mllm = small_mllm()
     scores = evaluate_mllm(mllm, n=6, batch=6)
-    assert {"question_accuracy", "caption_exact_match", "text_question_accuracy"} <= scores.keys()
-    assert 0.0 <= scores["text_question_accuracy"] <= 1.0
+    assert {"question_accuracy", "caption_exact_match", "text_question_accuracy", "relation_text_train", "relation_text_heldout"} <= scores.keys()
+    assert all(0.0 <= scores[k] <= 1.0 for k in ("text_question_accuracy", "relation_text_train", "relation_text_heldout"))
     reply = mllm.describe(None, ["a red circle . what color is the circle"], max_new_tokens=2)
     assert len(reply) == 1 and isinstance(reply[0], str)
 

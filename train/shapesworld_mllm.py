@@ -34,8 +34,8 @@ from hieraquery_core.config import BackboneSpec
 from hieraquery_core.errors import HieraQueryError
 from hieraquery_core.latent_codec import LatentCodec
 from hieraquery_core.mllm import FrozenMLLM, ImageList
-from hieraquery_core.shapesworld import (random_scene, render, spec, sample_caption, sample_question, sample_relation_text_question, sample_text_question,
-                                         sample_training_text)
+from hieraquery_core.shapesworld import (HELDOUT_PROMPTS, TRAIN_PROMPTS, random_scene, relation_text_question, render, spec, sample_caption, sample_question,
+                                         sample_relation_text_question, sample_text_question, sample_training_text)
 from hieraquery_core.shapesworld.evaluate import same_place
 from hieraquery_core.shapesworld.understanding import GROUNDING_WORDS, parse_box, parse_question
 from hieraquery_core.tiny import TINY_VOCABULARY
@@ -136,7 +136,9 @@ def evaluate_mllm(mllm: FrozenMLLM, n: int = 300, seed: int = EVAL_SEED, batch: 
     """Caption exact match and question accuracy (overall and per kind) on scenes never trained on, the
     accuracy of questions about a text with no image (``text_question_accuracy``, on ``n`` more examples), and
     the share of grounding answers whose box is within the edit tolerance of the truth (``grounding_within_2px``,
-    ``n`` more scenes; 0 for an MLLM without the grounding words)."""
+    ``n`` more scenes; 0 for an MLLM without the grounding words), and the accuracy of the four relation questions
+    (``relation_text_question``) about every training and every held-out position string given as text
+    (``relation_text_train``, ``relation_text_heldout``: whether the MLLM reads a relation it was never asked about)."""
     rng = np.random.default_rng([seed, 7])
     correct: dict[str, list[bool]] = defaultdict(list)
     for start in range(0, n, batch):
@@ -156,8 +158,12 @@ def evaluate_mllm(mllm: FrozenMLLM, n: int = 300, seed: int = EVAL_SEED, batch: 
     for start in range(0, n, batch):
         _, questions, answers = sample_examples(text_rng, min(batch, n - start), text_fraction=1.0)
         correct["text"] += [r == a for r, a in zip(mllm.describe(None, questions, max_new_tokens=4), answers)]
+    for split, table in (("train", TRAIN_PROMPTS), ("heldout", HELDOUT_PROMPTS)):
+        asked = [(text, *relation_text_question(text, flip_word, flip_order)) for text in table["position"] for flip_word in (False, True) for flip_order in (False, True)]
+        replies = mllm.describe(None, [f"{text} {TEXT_SEPARATOR} {question}" for text, question, _ in asked], max_new_tokens=4)
+        correct[f"relation_text_{split}"] = [r == a for r, (_, _, a) in zip(replies, asked)]
     result = {k: float(np.mean(v)) for k, v in sorted(correct.items())}
-    question_hits = [x for k, v in correct.items() if k not in ("caption", "text", "where") for x in v]
+    question_hits = [x for k, v in correct.items() if k not in ("caption", "text", "where") and not k.startswith("relation_text") for x in v]
     result["question_accuracy"] = float(np.mean(question_hits))
     result["caption_exact_match"] = result.pop("caption")
     result["text_question_accuracy"] = result.pop("text")

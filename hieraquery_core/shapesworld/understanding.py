@@ -38,7 +38,7 @@ from .prompts import caption, is_held_out, parse_prompt, sample_pair, sample_pro
 from .scene import Scene, random_scene, relation_holds
 
 __all__ = ["Question", "answer_question", "parse_question", "sample_question", "question_pairs",
-           "sample_caption", "sample_training_text", "sample_text_question", "sample_relation_text_question", "caption", "GROUNDING_WORDS",
+           "sample_caption", "sample_training_text", "sample_text_question", "sample_relation_text_question", "relation_text_question", "caption", "GROUNDING_WORDS",
            "parse_box"]
 
 GROUNDING_TEMPLATE = "where is the {color} {shape}"
@@ -217,18 +217,22 @@ def sample_text_question(rng: np.random.Generator) -> tuple[str, str, str]:
         return text, q.text(), answer
 
 
-def sample_relation_text_question(rng: np.random.Generator) -> tuple[str, str, str]:
-    """A (text, question, answer) triple: a training position prompt (never a held-out one) and a question about the
-    relation it states between its two objects, with the same or the opposite relation word and the shapes in the
-    same or the other order, each at random ("a circle above a square": "is the circle above the square" and "is the
-    square below the circle" -> "yes", "is the circle below the square" and "is the square above the circle" -> "no"),
-    so "yes" and "no" are equally likely and only the relation word and the order tell them apart."""
-    text = sample_prompt("position", rng, "train")
+def relation_text_question(text: str, flip_word: bool, flip_order: bool) -> tuple[str, str]:
+    """The (question, answer) about position prompt ``text`` with the opposite relation word (``flip_word``) and/or
+    the shapes in the other order (``flip_order``): "a circle above a square" -> "is the circle above the square" and
+    "is the square below the circle" -> "yes", "is the circle below the square" and "is the square above the circle"
+    -> "no"."""
     req = parse_prompt(text)
     first, second = (o.shape for o in req.objects)
-    flip_word, flip_order = bool(rng.random() < 0.5), bool(rng.random() < 0.5)
     relation = OPPOSITE[req.relation] if flip_word else req.relation
     if flip_order:
         first, second = second, first
-    question = RELATION_TEXT_TEMPLATE.format(shape=first, phrase=spec.RELATION_PHRASES[relation], shape2=second)
-    return text, question, "yes" if flip_word == flip_order else "no"
+    return RELATION_TEXT_TEMPLATE.format(shape=first, phrase=spec.RELATION_PHRASES[relation], shape2=second), "yes" if flip_word == flip_order else "no"
+
+
+def sample_relation_text_question(rng: np.random.Generator) -> tuple[str, str, str]:
+    """A (text, question, answer) triple: a training position prompt (never a held-out one) and the
+    :func:`relation_text_question` with the relation word and the order each flipped at random, so "yes" and "no" are
+    equally likely and only the relation word and the order tell them apart."""
+    text = sample_prompt("position", rng, "train")
+    return (text, *relation_text_question(text, bool(rng.random() < 0.5), bool(rng.random() < 0.5)))
