@@ -632,21 +632,24 @@ def test_text_questions_are_settled_by_their_text():
 def test_relation_text_questions_are_settled_by_every_scene_of_their_prompt():
     """``sample_relation_text_question``: a training position prompt and a question about which way its relation
     points; the answer holds in any scene drawn for the prompt, "yes" and "no" come about equally often, and every
-    relation word and both orders are asked."""
-    from hieraquery_core.shapesworld import is_held_out, sample_relation_text_question, scene_for_prompt
+    relation word and both orders are asked; with ``position_colours`` some prompts name colours, every one a training
+    string once they are taken out."""
+    from hieraquery_core.shapesworld import sample_relation_text_question, scene_for_prompt
 
     rng = np.random.default_rng(6)
-    asked, answers = set(), []
+    asked, answers, coloured = set(), [], 0
     for _ in range(300):
-        text, question, answer = sample_relation_text_question(rng)
-        assert sw.parse_prompt(text).form == "relation" and not is_held_out(text)
+        text, question, answer = sample_relation_text_question(rng, position_colours=0.5)
+        plain = re.sub(f" (?:{'|'.join(sw.COLORS)}) ", " ", text)
+        assert sw.parse_prompt(text).form == "relation" and plain in sw.TRAIN_PROMPTS["position"]
+        coloured += plain != text
         first, phrase, second = re.fullmatch(rf"is the ({'|'.join(sw.SHAPES)}) (.+) the ({'|'.join(sw.SHAPES)})", question).groups()
         scene = scene_for_prompt(text, rng)
         a, b = (next(o for o in scene.objects if o.shape == shape) for shape in (first, second))
         assert sw.relation_holds(a, b, sw.spec.RELATIONS[phrase]) == (answer == "yes"), (text, question, answer)
         asked.add((phrase, first == sw.parse_prompt(text).objects[0].shape))
         answers.append(answer)
-    assert len(asked) == 8 and 0.4 < answers.count("yes") / len(answers) < 0.6
+    assert len(asked) == 8 and 0.4 < answers.count("yes") / len(answers) < 0.6 and 100 < coloured < 200
     assert [sw.relation_text_question("a circle above a square", word, order) for word in (False, True) for order in (False, True)] == [
         ("is the circle above the square", "yes"), ("is the square above the circle", "no"),
         ("is the circle below the square", "no"), ("is the square below the circle", "yes")]

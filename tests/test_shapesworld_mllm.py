@@ -116,6 +116,8 @@ def test_relation_examples_ask_about_a_position_prompt_given_as_text():
     relation = [i for i, q in enumerate(questions) if re.search(rf" {re.escape(TEXT_SEPARATOR)} is the \w+ (to the left of|to the right of|above|below) the \w+$", q)]
     assert 20 < len(relation) < 60 and not any(images[i] for i in relation) and {answers[i] for i in relation} == {"yes", "no"}
     assert sample_examples(np.random.default_rng(6), 20, relation_fraction=0.0)[1] == sample_examples(np.random.default_rng(6), 20)[1]
+    coloured = sample_examples(np.random.default_rng(6), 40, relation_fraction=1.0, relation_colours=1.0)[1]
+    assert all(re.match(r"a (red|green|blue|yellow|purple|orange) \w+ ", q) for q in coloured)  # --relation-colours 1: every prompt names colours
 
 
 def test_evaluation_reports_text_questions_and_describe_answers_without_an_image():

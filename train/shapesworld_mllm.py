@@ -72,13 +72,15 @@ def pixels_of(scenes) -> torch.Tensor:
 
 
 def sample_examples(rng: np.random.Generator, n: int, caption_fraction: float = 0.4, text_fraction: float = 0.0,
-                    repeat_fraction: float = 0.0, grounding_fraction: float = 0.0, relation_fraction: float = 0.0) -> tuple[list[list[torch.Tensor]], list[str], list[str]]:
+                    repeat_fraction: float = 0.0, grounding_fraction: float = 0.0, relation_fraction: float = 0.0,
+                    relation_colours: float = 0.0) -> tuple[list[list[torch.Tensor]], list[str], list[str]]:
     """``n`` (images, question, answer) examples, ``images`` a list of one rendered scene or empty.
 
     A ``grounding_fraction`` of them are grounding questions ("where is the red circle" -> "10 21 31 42",
     ``hieraquery_core.shapesworld.understanding``).
     A ``relation_fraction`` of them are relation questions about a position prompt given as text, with no image
-    ("a circle above a square . is the square below the circle" -> "yes", ``sample_relation_text_question``).
+    ("a circle above a square . is the square below the circle" -> "yes", ``sample_relation_text_question``;
+    ``relation_colours`` of those prompts name a colour for each object, "a red circle above a blue square").
     A ``text_fraction`` of them have no image: ``repeat_fraction`` of those ask for the text back
     ("{text} . describe it" -> the text, a training prompt or caption, :func:`sample_training_text`), the others
     are questions the text settles (``sample_text_question``: "{text} . {question}"). Of the rest,
@@ -93,7 +95,7 @@ def sample_examples(rng: np.random.Generator, n: int, caption_fraction: float = 
         relation = bool(relation_fraction) and rng.random() < relation_fraction  # no draw at 0
         if relation or (text_fraction and rng.random() < text_fraction):  # no draw at 0: the image-only stream stays as it was
             if relation:
-                text, question, answer = sample_relation_text_question(rng)
+                text, question, answer = sample_relation_text_question(rng, relation_colours)
             elif repeat_fraction and rng.random() < repeat_fraction:
                 _, text, _ = sample_training_text(rng)
                 question, answer = REPEAT, text
@@ -232,10 +234,11 @@ def reconstruction_loss(mllm: FrozenMLLM, codec: LatentCodec, readout: LatentRea
 def pretrain(mllm: FrozenMLLM, steps: int, batch: int = 32, lr: float = 2e-3, seed: int = TRAIN_SEED, log_every: int = 50,
              checkpoint_every: int = 0, out: Path | None = None, text_fraction: float = 0.0, repeat_fraction: float = 0.0, freeze_embeddings: bool = False,
              grounding_fraction: float = 0.0, vision_only: bool = False, reconstruction_weight: float = 0.0, codec: LatentCodec | None = None,
-             relation_fraction: float = 0.0) -> list[float]:
+             relation_fraction: float = 0.0, relation_colours: float = 0.0) -> list[float]:
     """AdamW with warm-up and cosine decay on freshly sampled ShapesWorld examples (a ``text_fraction`` of
     them about a text with no image, ``repeat_fraction`` of those asking for it back, a ``grounding_fraction``
-    grounding questions, a ``relation_fraction`` relation questions about a position prompt, :func:`sample_examples`);
+    grounding questions, a ``relation_fraction`` relation questions about a position prompt, ``relation_colours`` of
+    those prompts coloured, :func:`sample_examples`);
     returns the loss curve.
 
     ``freeze_embeddings`` keeps the input word embeddings at their initial values (nearly orthogonal random
@@ -266,7 +269,8 @@ def pretrain(mllm: FrozenMLLM, steps: int, batch: int = 32, lr: float = 2e-3, se
 
     def batch_loss(step: int) -> tuple[torch.Tensor, str]:
         images, questions, answers = sample_examples(rng, batch, text_fraction=text_fraction, repeat_fraction=repeat_fraction,
-                                                     grounding_fraction=grounding_fraction, relation_fraction=relation_fraction)
+                                                     grounding_fraction=grounding_fraction, relation_fraction=relation_fraction,
+                                                     relation_colours=relation_colours)
         loss = answer_loss(mllm, images, questions, answers)
         if readout is None:
             return loss, ""
@@ -309,6 +313,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--relation-fraction", type=float, default=0.0,
                         help="share of examples that ask which way a position prompt's relation points, the prompt given as text (\"a circle above a square . "
                              "is the square below the circle\" -> yes) (default %(default)s)")
+    parser.add_argument("--relation-colours", type=float, default=0.0,
+                        help="share of those prompts that name a colour for each object (\"a red circle above a blue square\"; default %(default)s)")
     parser.add_argument("--train", choices=("all", "vision"), default="all", help="'vision': only the vision tower and the new words' rows; the language model stays as it was, so checkpoints trained on the --resume MLLM keep their text-to-image conditions (default %(default)s)")
     parser.add_argument("--reconstruction-weight", type=float, default=0.0, help="weight of the vision features' reconstruction of the autoencoder's latents (LatentReadout, dropped afterwards) (default %(default)s)")
     parser.add_argument("--vae", type=Path, default=VAE_DIR, help="the frozen autoencoder for --reconstruction-weight (default: the bundled ShapesWorld VAE)")
@@ -325,6 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     pretrain(mllm, args.steps, batch=args.batch, lr=args.lr, seed=args.seed, checkpoint_every=500, out=args.out, text_fraction=args.text_fraction,
              repeat_fraction=args.repeat_fraction, freeze_embeddings=args.freeze_embeddings, grounding_fraction=args.grounding_fraction,
              vision_only=args.train == "vision", reconstruction_weight=args.reconstruction_weight, relation_fraction=args.relation_fraction,
+             relation_colours=args.relation_colours,
              codec=build_codec(BackboneSpec("autoencoder_kl", path=str(args.vae))) if args.reconstruction_weight else None)
     save_mllm(mllm, args.out)
     scores = evaluate_mllm(mllm, n=args.eval_n)

@@ -34,7 +34,7 @@ import numpy as np
 
 from . import spec
 from .evaluate import OPPOSITE
-from .prompts import caption, is_held_out, parse_prompt, sample_pair, sample_prompt
+from .prompts import caption, is_held_out, parse_prompt, sample_pair, sample_prompt, with_colours
 from .scene import Scene, random_scene, relation_holds
 
 __all__ = ["Question", "answer_question", "parse_question", "sample_question", "question_pairs",
@@ -230,9 +230,12 @@ def relation_text_question(text: str, flip_word: bool, flip_order: bool) -> tupl
     return RELATION_TEXT_TEMPLATE.format(shape=first, phrase=spec.RELATION_PHRASES[relation], shape2=second), "yes" if flip_word == flip_order else "no"
 
 
-def sample_relation_text_question(rng: np.random.Generator) -> tuple[str, str, str]:
-    """A (text, question, answer) triple: a training position prompt (never a held-out one) and the
-    :func:`relation_text_question` with the relation word and the order each flipped at random, so "yes" and "no" are
-    equally likely and only the relation word and the order tell them apart."""
+def sample_relation_text_question(rng: np.random.Generator, position_colours: float = 0.0) -> tuple[str, str, str]:
+    """A (text, question, answer) triple: a training position prompt (never a held-out one; ``position_colours`` of
+    them with a colour for each object, ``with_colours``; 0 draws nothing more) and the :func:`relation_text_question`
+    with the relation word and the order each flipped at random, so "yes" and "no" are equally likely and only the
+    relation word and the order tell them apart."""
     text = sample_prompt("position", rng, "train")
+    if position_colours and rng.random() < position_colours:
+        text = with_colours(text, rng)
     return (text, *relation_text_question(text, bool(rng.random() < 0.5), bool(rng.random() < 0.5)))
