@@ -47,7 +47,7 @@ from hieraquery_core.shapesworld import spec
 from hieraquery_core.shapesworld.evaluate import OPPOSITE
 from hieraquery_core.shapesworld.prompts import ALL_PROMPTS, HELDOUT_PROMPTS, TRAIN_PROMPTS, parse_prompt
 from hieraquery_core.shapesworld.scene import random_scene
-from train.shapesworld_mllm import pixels_of
+from train.shapesworld_mllm import pixels_of, relation_text_answers
 
 FACTORS = ("color", "shape", "style")
 """The words of a single-object prompt whose variance shares are measured."""
@@ -311,15 +311,17 @@ def random_query_contrasts(mllm: FrozenMLLM, grid: tuple[int, int] = (16, 16), s
 
 
 def diagnose_mllm(folder: Path) -> dict:
-    """The report for an MLLM folder: random-query variance shares and the vision shape and position probes."""
+    """The report for an MLLM folder: random-query variance shares and relation contrasts, the relation questions about
+    every position string given as text (training and held-out), and the vision shape and position probes."""
     mllm = build_mllm(BackboneSpec("qwen2_5_vl", path=str(folder)))
     return {"mllm": str(folder), "random_query_shares_16x16": random_query_shares(mllm), "random_query_relation_contrasts_16x16": random_query_contrasts(mllm),
-            "vision_shape_probe": vision_shape_probe(mllm), "vision_position_probe": vision_position_probe(mllm)}
+            **{k: float(np.mean(v)) for k, v in relation_text_answers(mllm).items()}, "vision_shape_probe": vision_shape_probe(mllm),
+            "vision_position_probe": vision_position_probe(mllm)}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mllm", type=Path, help="an MLLM folder: random-query shares and relation contrasts, the vision shape and position probes")
+    parser.add_argument("--mllm", type=Path, help="an MLLM folder: random-query shares and relation contrasts, relation questions, the vision shape and position probes")
     parser.add_argument("--checkpoint", type=Path, help="a HieraQuery checkpoint: shares of its query states and conditions, and the binding probes")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="also write the report here as JSON")
