@@ -44,8 +44,7 @@ from hieraquery_core.mllm import FrozenMLLM
 from hieraquery_core.model import HieraQuery
 from hieraquery_core.queries import MultiScaleQueries
 from hieraquery_core.shapesworld import spec
-from hieraquery_core.shapesworld.evaluate import OPPOSITE
-from hieraquery_core.shapesworld.prompts import ALL_PROMPTS, HELDOUT_PROMPTS, TRAIN_PROMPTS, parse_prompt
+from hieraquery_core.shapesworld.prompts import ALL_PROMPTS, HELDOUT_PROMPTS, TRAIN_PROMPTS, parse_prompt, relation_prompt
 from hieraquery_core.shapesworld.scene import random_scene
 from train.shapesworld_mllm import pixels_of, relation_text_answers
 
@@ -260,15 +259,14 @@ def position_variant(prompt: str, contrast: str) -> str:
     """``prompt`` ("a circle to the left of a square") with one :data:`CONTRASTS` change ("... to the right of ...",
     "a square to the left of a circle", "..., outline style")."""
     req = parse_prompt(prompt)
-    first, second = (o.phrase() for o in req.objects)
-    relation, style = req.relation, req.style
+    (first, second), relation, style = req.objects, req.relation, req.style
     if contrast == "relation word":
-        relation = OPPOSITE[relation]
+        relation = spec.OPPOSITE_RELATION[relation]
     elif contrast == "order":
         first, second = second, first
     else:
         style = "filled" if style == "outline" else "outline"
-    return f"{first} {spec.RELATION_PHRASES[relation]} {second}" + (spec.OUTLINE_SUFFIX if style == "outline" else "")
+    return relation_prompt(first, relation, second, style)
 
 
 POSITION_PROMPTS: tuple[str, ...] = ALL_PROMPTS["position"]

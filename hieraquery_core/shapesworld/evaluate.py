@@ -320,7 +320,6 @@ def shape_binding(results: Iterable[tuple[str, np.ndarray]]) -> dict[str, float 
 
 PLACEMENTS = ("as named", "opposite", "other axis", "too close")
 """Where a position image put the first-named object against the second (:func:`relation_placement`)."""
-OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 OTHER_AXIS = {"left": ("above", "below"), "right": ("above", "below"), "above": ("left", "right"), "below": ("left", "right")}
 
 
@@ -346,7 +345,7 @@ def relation_placement(results: Iterable[tuple[str, np.ndarray]]) -> dict[str, f
             continue
         first, second = (next(o for o in objects if o.shape == shape) for shape in wanted)
         outcome = ("as named" if relation_holds(first, second, req.relation) else
-                   "opposite" if relation_holds(first, second, OPPOSITE[req.relation]) else
+                   "opposite" if relation_holds(first, second, spec.OPPOSITE_RELATION[req.relation]) else
                    "other axis" if any(relation_holds(first, second, r) for r in OTHER_AXIS[req.relation]) else "too close")
         outcomes[outcome] += 1
         by_relation[req.relation][outcome == "as named"] += 1

@@ -250,8 +250,14 @@ def with_colours(prompt: str, rng: np.random.Generator) -> str:
     req = parse_prompt(prompt)
     if req.form != "relation":
         raise ValueError(f"with_colours colours position prompts ('a circle above a square'); {prompt!r} is not one")
-    first, second = (ObjectSpec(o.color or spec.COLORS[int(rng.integers(len(spec.COLORS)))], o.shape).phrase() for o in req.objects)
-    return f"{first} {spec.RELATION_PHRASES[req.relation]} {second}" + (spec.OUTLINE_SUFFIX if req.style == "outline" else "")
+    first, second = (ObjectSpec(o.color or spec.COLORS[int(rng.integers(len(spec.COLORS)))], o.shape) for o in req.objects)
+    return relation_prompt(first, req.relation, second, req.style)
+
+
+def relation_prompt(first: ObjectSpec, relation: str, second: ObjectSpec, style: str) -> str:
+    """The position prompt relating ``first`` to ``second`` by ``relation`` (a key of ``spec.RELATION_PHRASES``) in
+    ``style``, e.g. "a red circle above a square, outline style": the form :func:`parse_prompt` reads back."""
+    return f"{first.phrase()} {spec.RELATION_PHRASES[relation]} {second.phrase()}" + (spec.OUTLINE_SUFFIX if style == "outline" else "")
 
 
 def sample_pair(category: str, rng: np.random.Generator, caption_order: bool = False, position_colours: float = 0.0) -> tuple[str, Scene]:

@@ -59,6 +59,8 @@ RELATIONS: Final[dict[str, str]] = {
 }
 """Prompt phrase -> relation key."""
 RELATION_PHRASES: Final[dict[str, str]] = {v: k for k, v in RELATIONS.items()}
+OPPOSITE_RELATION: Final[dict[str, str]] = {"left": "right", "right": "left", "above": "below", "below": "above"}
+"""Relation key -> the relation that holds when the two objects trade places."""
 
 # --- "Prompts" --------------------------------------------------------------------------------
 COUNT_WORDS: Final[dict[int, str]] = {1: "a", 2: "two", 3: "three", 4: "four"}

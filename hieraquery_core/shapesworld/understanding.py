@@ -33,7 +33,6 @@ from typing import Iterator
 import numpy as np
 
 from . import spec
-from .evaluate import OPPOSITE
 from .prompts import caption, is_held_out, parse_prompt, sample_pair, sample_prompt, with_colours
 from .scene import Scene, random_scene, relation_holds
 
@@ -224,7 +223,7 @@ def relation_text_question(text: str, flip_word: bool, flip_order: bool) -> tupl
     -> "no"."""
     req = parse_prompt(text)
     first, second = (o.shape for o in req.objects)
-    relation = OPPOSITE[req.relation] if flip_word else req.relation
+    relation = spec.OPPOSITE_RELATION[req.relation] if flip_word else req.relation
     if flip_order:
         first, second = second, first
     return RELATION_TEXT_TEMPLATE.format(shape=first, phrase=spec.RELATION_PHRASES[relation], shape2=second), "yes" if flip_word == flip_order else "no"
