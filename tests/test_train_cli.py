@@ -13,6 +13,7 @@ from PIL import Image
 from hieraquery_core.checkpoint import load_checkpoint
 from hieraquery_core.config import HieraQueryConfig
 from hieraquery_core.tiny import tiny_config
+from train.state import STATE_NAME
 from train.train import TrainConfig, Trainer, dit_depth, main, train
 
 
@@ -177,8 +178,9 @@ SHAPESWORLD_DATA_OPTIONS = {
 @pytest.mark.parametrize("setting", sorted(SHAPESWORLD_DATA_OPTIONS))
 def test_shapesworld_data_option_is_recorded_checked_and_compared_on_resume(data, capsys, setting):
     """Each ShapesWorld training-data option (``--caption-order``, ``--category-weights``, ``--position-colours``)
-    lands in run.json; a resume without it is refused (its samples differ from the checkpoint's run); a bad value or
-    other data is one error before anything is written."""
+    lands in run.json; a resume without it is refused (its samples differ from the checkpoint's run); a checkpoint
+    written before the option existed (no such key) resumes a run without it; a bad value or other data is one error
+    before anything is written."""
     flag, recorded, mismatch, bad_cases = SHAPESWORLD_DATA_OPTIONS[setting]
     out = data / setting
     common = ["--stage", "t2i", "--config", str(data / "cfg.json"), "--data", "shapesworld", "--shapesworld-samples", "4", "--out", str(out),
@@ -188,6 +190,11 @@ def test_shapesworld_data_option_is_recorded_checked_and_compared_on_resume(data
     capsys.readouterr()
     assert main([*common, "--steps", "2", "--resume"]) == 2
     assert mismatch in capsys.readouterr().err
+    older = data / f"{setting}-older"
+    assert main([*common, "--out", str(older)]) == 0
+    state = next((older / "checkpoints").iterdir()) / STATE_NAME
+    state.write_text(json.dumps({k: v for k, v in json.loads(state.read_text()).items() if k != setting}))
+    assert main([*common, "--out", str(older), "--steps", "2", "--resume"]) == 0
     bad_out = data / f"{setting}-bad"
     for bad, message in bad_cases:
         assert main([*common, "--out", str(bad_out), *(arg.format(data=data) for arg in bad)]) == 2 and message in capsys.readouterr().err

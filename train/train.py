@@ -215,6 +215,19 @@ def config_base_dir(config: HieraQueryConfig, config_path: Path) -> Path | None:
     return None
 
 
+LATER_RESUMED_SETTINGS = ("replay_share", "edit_distractors", "caption_order", "category_weights", "position_colours", "ema_decay")
+"""Options added after the trainer state's format: a checkpoint written before one existed is read with its default,
+which is what every run did before the option was added."""
+RESUMED_SETTINGS = ("stage", "seed", "batch_size", "grad_accum", *LATER_RESUMED_SETTINGS)
+"""TrainConfig fields a checkpoint's state records and a resume must match (with the process count), because the
+samples, their order or the averaged weights depend on them."""
+
+
+def later_settings_defaults() -> dict[str, Any]:
+    """What a checkpoint without one of :data:`LATER_RESUMED_SETTINGS` implies for it: the field's default."""
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in LATER_RESUMED_SETTINGS}
+
+
 COMPARED = ("scales", "image_size", "alignment", "timestep_sampling", "timestep_logit_mean", "timestep_logit_std", "prompt_dropout", "image_dropout",
             "dropped_prompt_keeps_image", "prompt_tokens", "coarse_input_noise")
 
@@ -685,9 +698,7 @@ class Trainer:
             st.write_json(tmp / st.STATE_NAME, {
                 "format": st.STATE_FORMAT, "format_version": st.STATE_VERSION,
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "stage": cfg.stage, "seed": cfg.seed, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "replay_share": cfg.replay_share,
-                "edit_distractors": cfg.edit_distractors, "caption_order": cfg.caption_order, "category_weights": cfg.category_weights,
-                "position_colours": cfg.position_colours, "ema_decay": cfg.ema_decay, "ema_step": self.ema.optimization_step if self.ema is not None else None,
+                **{name: getattr(cfg, name) for name in RESUMED_SETTINGS}, "ema_step": self.ema.optimization_step if self.ema is not None else None,
                 "num_processes": acc.num_processes, "total_steps": self.total_steps, "warmup": self.warmup,
                 "lr": cfg.lr, "min_lr": cfg.min_lr, "scheduler": st.scheduler_state(self.scheduler),
                 "grad_scaler": st.jsonable(scaler) if scaler is not None else None,
@@ -704,17 +715,9 @@ class Trainer:
     def _load_state(self, folder: Path) -> None:
         acc, cfg = self.accelerator, self.cfg
         data = st.read_state(folder)
-        data.setdefault("replay_share", 0.0)  # checkpoints written before replay existed
-        data.setdefault("ema_decay", 0.0)  # ... or before the moving average
-        data.setdefault("edit_distractors", 0.0)  # ... or before edit distractors
-        data.setdefault("caption_order", False)  # ... or before caption order
-        data.setdefault("category_weights", "")  # ... or before category weights
-        data.setdefault("position_colours", 0.0)  # ... or before position colours
-        mismatch = [f"{k} {data[k]} (now {v})" for k, v in (("stage", cfg.stage), ("batch_size", cfg.batch_size), ("grad_accum", cfg.grad_accum),
-                                                               ("num_processes", acc.num_processes), ("seed", cfg.seed), ("replay_share", cfg.replay_share),
-                                                               ("edit_distractors", cfg.edit_distractors), ("caption_order", cfg.caption_order), ("category_weights", cfg.category_weights),
-                                                               ("position_colours", cfg.position_colours),
-                                                               ("ema_decay", cfg.ema_decay)) if data.get(k) != v]
+        data = {**later_settings_defaults(), **data}
+        now = {"num_processes": acc.num_processes, **{name: getattr(cfg, name) for name in RESUMED_SETTINGS}}
+        mismatch = [f"{k} {data.get(k)} (now {v})" for k, v in now.items() if data.get(k) != v]
         require(not mismatch, f"cannot resume from {folder} exactly: it was written with {', '.join(mismatch)}; use the same settings (or start a new --out)")
         saved_params = data["parameters"]
         current = parameter_table(self.model)
