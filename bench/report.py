@@ -89,7 +89,7 @@ def render(results: dict) -> str:
     parts.append("\n(a') is (a) inside the same caption-path cache as the pipeline (computed once, not at every step). (b_r) is the cascade sampled "
                  f"as the bundled demo is (refine strength {strength}: the finer scales start from the previous one and run "
                  f"round({strength} x steps), at least 1, of their steps: {refined_steps(s['steps'], strength)} of {s['steps']} here), not an equal-steps comparison: "
-                 "on the demo it is also the better image (held-out GenEval 0.68 against 0.44 for (b), whose final scale is painted from noise exactly as (a) paints it).")
+                 "on the demo it is also the better image (held-out GenEval 0.71 against 0.44 for (b), whose final scale is painted from noise exactly as (a) paints it; both at guidance 4).")
     parts += ["", "### 2. Where the time of one image goes (the median encode run + the median cascade run)", ""]
     for size, r in results["sizes"].items():
         rows = [[name, v["seconds"], v["percent"], v.get("gflops", "")] for name, v in r["sampling"]["breakdown"].items()]
@@ -110,7 +110,7 @@ def render(results: dict) -> str:
         [size, x["full_seconds"], x["encode_seconds"], x["resample_seconds"], x["resample_guidance_seconds"], x["speedup"], x["mllm_calls_per_encode"], x["mllm_calls_per_resample"]]
         for size, x in ((size, r["sampling"]["resample"]) for size, r in results["sizes"].items())
     ]))
-    parts += ["", f"### 5. Training step (training_loss + backward + AdamW), {s['train_steps']} timed steps after one warm-up", ""]
+    parts += ["", f"### 5. Training step (training_loss + backward + AdamW), {s['train_steps']} interleaved rounds of the three variants on one model after one warm-up each, medians; memory: each variant in its own process", ""]
     rows = []
     for size, r in results["sizes"].items():
         plain = next(row for row in r["training"] if row["variant"] == "plain")

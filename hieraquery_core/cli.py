@@ -33,9 +33,10 @@ def provenance(folder: Path) -> str:
     if "eval" in info:
         geneval = info["eval"]["geneval"]["overall"]
         edits = info["eval"].get("edit_accuracy", {}).get("overall")
-        strength = info["eval"].get("settings", {}).get("edit_refine_strength")  # the demo may be sampled otherwise (BUNDLED_DEMO_SAMPLING)
-        sampled = f" at edit refine strength {strength:g}" if strength is not None else ""
-        return f"; held-out GenEval overall {geneval:.3f}" + (f", edit accuracy {edits:.3f}{sampled}" if edits is not None else "")
+        settings = info["eval"].get("settings", {})  # the demo may be sampled otherwise (BUNDLED_DEMO_SAMPLING)
+        drawn = f" at guidance {settings['guidance']:g}, refine strength {settings['refine_strength']:g}" if "refine_strength" in settings else ""
+        edited = f" at edit refine strength {settings['edit_refine_strength']:g}" if "edit_refine_strength" in settings else ""
+        return f"; held-out GenEval overall {geneval:.3f}{drawn}" + (f", edit accuracy {edits:.3f}{edited}" if edits is not None else "")
     return f"; {info['note']}" if "note" in info else ""
 
 
