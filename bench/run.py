@@ -43,7 +43,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads on a CPU (default 1)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps per scale (default 4 on a CPU, 20 on a GPU; smoke 2)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per candidate (default 5; smoke 1)")
-    parser.add_argument("--train-steps", type=int, default=None, help="timed training steps per variant (default 3; smoke 1)")
+    parser.add_argument("--train-steps", type=int, default=None, help="timed training steps per variant, interleaved (default 5; smoke 1)")
     parser.add_argument("--output", type=Path, default=None, help="the markdown file to update (default BENCHMARKS.md; smoke: none)")
     parser.add_argument("--json", type=Path, default=None, help="also save the raw results here")
     args = parser.parse_args(argv)
@@ -54,7 +54,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
     args.steps = args.steps or (2 if args.smoke else 20 if gpu else 4)
     args.repeats = args.repeats or (1 if args.smoke else 5)
-    args.train_steps = args.train_steps or (1 if args.smoke else 3)
+    args.train_steps = args.train_steps or (1 if args.smoke else 5)
     if args.output is None and not args.smoke:
         args.output = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
     return args

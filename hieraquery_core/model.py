@@ -268,17 +268,20 @@ class HieraQuery(nn.Module):
                 targets[keep] = torch.stack([resize(batch.images[i][0][None], tuple(targets.shape[-2:]))[0] for i in keep]).to(targets)
         return TrainingBatch(prompts, targets, images)
 
-    def training_loss(self, batch: TrainingBatch, generator: torch.Generator | None = None, sigma: float | None = None, dropout: bool = True) -> LossOutput:
+    def training_loss(self, batch: TrainingBatch, generator: torch.Generator | None = None, sigma: float | None = None, dropout: bool = True,
+                      align: bool = True) -> LossOutput:
         """Sum over scales of the flow-matching loss, plus alignment.weight x the alignment losses.
 
         ``sigma`` fixes every sample's noise level (instead of drawing it) and ``dropout=False`` keeps every
         prompt and image: with a seeded ``generator`` that is a deterministic held-out loss (train/evaluate.py).
+        ``align=False`` leaves out section 3.2's alignment term and its cost (the vision features of the targets),
+        so one model can be timed with and without it (bench/training.py).
         """
         if dropout:
             batch = self.drop_conditions(batch, generator)
         targets = batch.targets.to(self.device)
         conditions = self.condition(self.encode(list(batch.prompts), batch.images))
-        features = self.mllm.vision_features(targets) if self.aligner is not None else None
+        features = self.mllm.vision_features(targets) if self.aligner is not None and align else None
         return self.scale_losses(conditions, targets, generator, sigma, features, batch.images)
 
     def scale_losses(self, conditions: list[ScaleCondition], targets: torch.Tensor, generator: torch.Generator | None = None,

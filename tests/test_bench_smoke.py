@@ -7,12 +7,16 @@ keeps the hand-written parts of BENCHMARKS.md, and the GPU mode's real size has 
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from bench import report, run, sampling
+from bench import report, run, sampling, training
 from bench.breakdown import CAPTION, NESTED
 from bench.configs import build_model
 
@@ -89,3 +93,40 @@ def test_real_size_has_the_paper_shapes() -> None:
     assert 0.3 < params["connector"] < 0.5
     assert 3.0 < params["mllm"] < 4.0
     assert model.scale_sizes() == [(256, 256), (512, 512), (1024, 1024)]
+
+
+def test_training_variants_share_one_model_and_switch_their_options() -> None:
+    """The step times are interleaved on one model: each variant's step switches alignment and checkpointing itself."""
+    trainer = training.Trainer("tiny", 2, torch.device("cpu"), torch.float32)
+    switched = []
+    for variant in ("checkpointing", "plain", "alignment"):
+        before = [p.detach().clone() for p in trainer.params]
+        trainer.step(variant)
+        assert any(not torch.equal(a, p) for a, p in zip(before, trainer.params)), variant  # AdamW stepped
+        switched.append((trainer.model.dit.transformer.is_gradient_checkpointing, trainer.model.connector.encoder.is_gradient_checkpointing))
+    assert switched == [(True, True), (False, False), (False, False)]
+    aligner = list(trainer.model.aligner.parameters())
+    before = [p.detach().clone() for p in aligner]
+    trainer.step("plain")
+    assert all(torch.equal(a, p) for a, p in zip(before, aligner))  # no alignment term: its projector gets no gradient
+    trainer.step("alignment")
+    assert any(not torch.equal(a, p) for a, p in zip(before, aligner))
+
+
+def test_training_memory_subprocess_prints_its_row(capsys) -> None:
+    """What ``measure`` runs in a fresh process for each variant: one JSON row on the last line."""
+    training.main(["--size", "tiny", "--variant", "alignment", "--batch", "2", "--threads", "1"])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(row) == {"working_memory_mb", "peak_memory_mb", "adamw_seconds", "adamw_fused_seconds"}
+    assert row["working_memory_mb"] >= 0 and all(positive(row[k]) for k in ("peak_memory_mb", "adamw_seconds", "adamw_fused_seconds"))
+
+
+def test_a_memory_subprocess_does_not_inherit_its_parents_high_water_mark() -> None:
+    """Linux carries ``ru_maxrss`` over from the process a child was spawned from; the benchmark's memory children
+    are spawned by a process holding a model, so they read their own high-water mark instead."""
+    held = torch.ones(256, 2**20)  # 1 GiB, touched
+    code = "import torch; from bench.training import peak_memory_mb; print(peak_memory_mb(torch.device('cpu')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
+    child = float(done.stdout.strip().splitlines()[-1])
+    assert 0 < child < training.peak_memory_mb(torch.device("cpu")) - 900, child
+    del held

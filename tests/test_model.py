@@ -117,6 +117,16 @@ def test_alignment_loss_is_finite_and_decreases_when_optimised_alone():
     assert -1.0 <= losses[-1] < losses[0] - 0.2
 
 
+def test_training_loss_without_alignment_is_the_flow_loss_alone():
+    model = make_model(alignment_weight=1.0)
+    batch = batch_for(model)
+    aligned, plain = (model.training_loss(batch, generator=torch.Generator().manual_seed(0), dropout=False, align=align) for align in (True, False))
+    assert len(aligned.alignment) == len(model.config.scales) and plain.alignment == []
+    assert torch.allclose(torch.stack(plain.flow), torch.stack(aligned.flow))  # the same draws: only the alignment term differs
+    assert torch.allclose(plain.total, torch.stack(plain.flow).sum())
+    assert torch.allclose(aligned.total, plain.total + torch.stack(aligned.alignment).sum())
+
+
 def test_alignment_features_are_interpolated_to_each_scales_token_grid():
     from hieraquery_core.alignment import RepresentationAlignment
 
