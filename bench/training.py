@@ -14,10 +14,10 @@ the same steps interleaved differ by a few per cent (BENCHMARKS.md).
 Peak memory: on a CPU, ``tracemalloc`` does not see torch's allocations, so each variant's memory is read in a
 fresh subprocess (:func:`measure_memory`) from its resident-set high-water mark: ``VmHWM`` of ``/proc/self/status``
 on Linux, not ``ru_maxrss``, which Linux carries over from the parent a child was spawned from (a child of the
-benchmark, once it held a medium model, read 4.5 GB before its first step), else ``ru_maxrss``. Parameters, gradients and AdamW's two moment buffers are allocated *before* the baseline
-reading (a zero-gradient optimizer step), so the delta over a warm-up step and a second step is the step's own
-working memory: activations kept for backward, plus temporaries. On CUDA the same delta is read from
-``torch.cuda.max_memory_allocated``.
+benchmark, once it held a medium model, read 4.5 GB before its first step); ``ru_maxrss`` elsewhere. Parameters,
+gradients and AdamW's two moment buffers are allocated *before* the baseline reading (a zero-gradient optimizer
+step), so the delta over a warm-up step and a second step is the step's own working memory: activations kept for
+backward, plus temporaries. On CUDA the same delta is read from ``torch.cuda.max_memory_allocated``.
 
 The optimizer step alone is also timed with AdamW's default (per-parameter loop on a CPU) and with
 ``fused=True``, over the same parameters.
