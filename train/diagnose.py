@@ -313,7 +313,7 @@ def diagnose_mllm(folder: Path) -> dict:
     every position string given as text (training and held-out), and the vision shape and position probes."""
     mllm = build_mllm(BackboneSpec("qwen2_5_vl", path=str(folder)))
     return {"mllm": str(folder), "random_query_shares_16x16": random_query_shares(mllm), "random_query_relation_contrasts_16x16": random_query_contrasts(mllm),
-            **{k: float(np.mean(v)) for k, v in relation_text_answers(mllm).items()}, "vision_shape_probe": vision_shape_probe(mllm),
+            **relation_text_answers(mllm), "vision_shape_probe": vision_shape_probe(mllm),
             "vision_position_probe": vision_position_probe(mllm)}
 
 

@@ -134,15 +134,15 @@ def answer_loss(mllm: FrozenMLLM, images: ImageList, questions: list[str], answe
 
 
 @torch.no_grad()
-def relation_text_answers(mllm: FrozenMLLM) -> dict[str, list[bool]]:
-    """Whether each of the four :func:`relation_text_question` s about every training (``relation_text_train``) and
-    every held-out (``relation_text_heldout``) position string, given as text, is answered right."""
-    correct = {}
+def relation_text_answers(mllm: FrozenMLLM) -> dict[str, float]:
+    """The share of the four :func:`relation_text_question` s about every training (``relation_text_train``) and
+    every held-out (``relation_text_heldout``) position string, given as text, that is answered right."""
+    accuracy = {}
     for split, table in (("train", TRAIN_PROMPTS), ("heldout", HELDOUT_PROMPTS)):
         asked = [(text, *relation_text_question(text, flip_word, flip_order)) for text in table["position"] for flip_word in (False, True) for flip_order in (False, True)]
         replies = mllm.describe(None, [f"{text} {TEXT_SEPARATOR} {question}" for text, question, _ in asked], max_new_tokens=4)
-        correct[f"relation_text_{split}"] = [r == a for r, (_, _, a) in zip(replies, asked)]
-    return correct
+        accuracy[f"relation_text_{split}"] = float(np.mean([r == a for r, (_, _, a) in zip(replies, asked)]))
+    return accuracy
 
 
 @torch.no_grad()
@@ -172,9 +172,9 @@ def evaluate_mllm(mllm: FrozenMLLM, n: int = 300, seed: int = EVAL_SEED, batch: 
     for start in range(0, n, batch):
         _, questions, answers = sample_examples(text_rng, min(batch, n - start), text_fraction=1.0)
         correct["text"] += [r == a for r, a in zip(mllm.describe(None, questions, max_new_tokens=4), answers)]
-    correct.update(relation_text_answers(mllm))
     result = {k: float(np.mean(v)) for k, v in sorted(correct.items())}
-    question_hits = [x for k, v in correct.items() if k not in ("caption", "text", "where") and not k.startswith("relation_text") for x in v]
+    question_hits = [x for k, v in correct.items() if k not in ("caption", "text", "where") for x in v]
+    result.update(relation_text_answers(mllm))
     result["question_accuracy"] = float(np.mean(question_hits))
     result["caption_exact_match"] = result.pop("caption")
     result["text_question_accuracy"] = result.pop("text")
