@@ -655,6 +655,28 @@ def test_relation_text_questions_are_settled_by_every_scene_of_their_prompt():
         ("is the circle below the square", "no"), ("is the square below the circle", "yes")]
 
 
+def test_relation_which_questions_name_the_object_on_the_side_they_ask_about():
+    """The "which" form (``kind="which"``): "what is {side}" is answered with the shape that stands on that side of
+    the other in any scene drawn for the prompt; both sides of every relation are asked and either shape word is the
+    answer about equally often; an unknown kind is refused."""
+    from hieraquery_core.shapesworld import sample_relation_text_question, scene_for_prompt
+
+    rng = np.random.default_rng(8)
+    sides, firsts = set(), 0
+    for _ in range(200):
+        text, question, answer = sample_relation_text_question(rng, position_colours=0.5, kind="which")
+        side = re.fullmatch(r"what is (to the left|to the right|above|below)", question).group(1)
+        scene = scene_for_prompt(text, rng)
+        named, other = (next(o for o in scene.objects if (o.shape == answer) == want) for want in (True, False))
+        assert sw.relation_holds(named, other, sw.spec.RELATIONS[side if side in ("above", "below") else f"{side} of"]), (text, question, answer)
+        sides.add(side)
+        firsts += answer == sw.parse_prompt(text).objects[0].shape
+    assert len(sides) == 4 and 70 < firsts < 130
+    assert [sw.relation_which_question("a circle to the right of a square", word) for word in (False, True)] == [("what is to the right", "circle"), ("what is to the left", "square")]
+    with pytest.raises(ValueError, match="which"):
+        sample_relation_text_question(rng, kind="why")
+
+
 def test_grounding_questions_answer_with_the_box_of_the_one_object_they_name():
     """The project's grounding question ("where is the {color} {shape}") is answered with that object's
     half-open box in pixels, is only asked of an object named uniquely, and parses back; its words are

@@ -118,13 +118,16 @@ def test_relation_examples_ask_about_a_position_prompt_given_as_text():
     assert sample_examples(np.random.default_rng(6), 20, relation_fraction=0.0)[1] == sample_examples(np.random.default_rng(6), 20)[1]
     coloured = sample_examples(np.random.default_rng(6), 40, relation_fraction=1.0, relation_colours=1.0)[1]
     assert all(re.match(r"a (red|green|blue|yellow|purple|orange) \w+ ", q) for q in coloured)  # --relation-colours 1: every prompt names colours
+    _, which, shapes = sample_examples(np.random.default_rng(6), 40, relation_fraction=1.0, relation_kind="which")
+    assert all(re.search(rf" {re.escape(TEXT_SEPARATOR)} what is (to the left|to the right|above|below)$", q) for q in which) and set(shapes) == {"circle", "square", "triangle"}
 
 
 def test_evaluation_reports_text_questions_and_describe_answers_without_an_image():
     mllm = small_mllm()
     scores = evaluate_mllm(mllm, n=6, batch=6)
-    assert {"question_accuracy", "caption_exact_match", "text_question_accuracy", "relation_text_train", "relation_text_heldout"} <= scores.keys()
-    assert all(0.0 <= scores[k] <= 1.0 for k in ("text_question_accuracy", "relation_text_train", "relation_text_heldout"))
+    relation = ("relation_text_train", "relation_text_heldout", "relation_which_train", "relation_which_heldout")
+    assert {"question_accuracy", "caption_exact_match", "text_question_accuracy", *relation} <= scores.keys()
+    assert all(0.0 <= scores[k] <= 1.0 for k in ("text_question_accuracy", *relation))
     reply = mllm.describe(None, ["a red circle . what color is the circle"], max_new_tokens=2)
     assert len(reply) == 1 and isinstance(reply[0], str)
 

@@ -34,10 +34,10 @@ from hieraquery_core.config import BackboneSpec
 from hieraquery_core.errors import HieraQueryError
 from hieraquery_core.latent_codec import LatentCodec
 from hieraquery_core.mllm import FrozenMLLM, ImageList
-from hieraquery_core.shapesworld import (HELDOUT_PROMPTS, TRAIN_PROMPTS, random_scene, relation_text_question, render, spec, sample_caption, sample_question,
-                                         sample_relation_text_question, sample_text_question, sample_training_text)
+from hieraquery_core.shapesworld import (HELDOUT_PROMPTS, TRAIN_PROMPTS, random_scene, relation_text_question, relation_which_question, render, spec,
+                                         sample_caption, sample_question, sample_relation_text_question, sample_text_question, sample_training_text)
 from hieraquery_core.shapesworld.evaluate import same_place
-from hieraquery_core.shapesworld.understanding import GROUNDING_WORDS, parse_box, parse_question
+from hieraquery_core.shapesworld.understanding import GROUNDING_WORDS, RELATION_KINDS, parse_box, parse_question
 from hieraquery_core.tiny import TINY_VOCABULARY
 from hieraquery_core.word_tokenizer import SPECIAL_TOKENS, build_word_tokenizer
 from train.backbone_pretraining import pretrain_loop
@@ -73,14 +73,15 @@ def pixels_of(scenes) -> torch.Tensor:
 
 def sample_examples(rng: np.random.Generator, n: int, caption_fraction: float = 0.4, text_fraction: float = 0.0,
                     repeat_fraction: float = 0.0, grounding_fraction: float = 0.0, relation_fraction: float = 0.0,
-                    relation_colours: float = 0.0) -> tuple[list[list[torch.Tensor]], list[str], list[str]]:
+                    relation_colours: float = 0.0, relation_kind: str = "yes_no") -> tuple[list[list[torch.Tensor]], list[str], list[str]]:
     """``n`` (images, question, answer) examples, ``images`` a list of one rendered scene or empty.
 
     A ``grounding_fraction`` of them are grounding questions ("where is the red circle" -> "10 21 31 42",
     ``hieraquery_core.shapesworld.understanding``).
     A ``relation_fraction`` of them are relation questions about a position prompt given as text, with no image
     ("a circle above a square . is the square below the circle" -> "yes", ``sample_relation_text_question``;
-    ``relation_colours`` of those prompts name a colour for each object, "a red circle above a blue square").
+    ``relation_colours`` of those prompts name a colour for each object, "a red circle above a blue square"; with
+    ``relation_kind`` "which" the question asks for the object on one side instead, ". what is below" -> "square").
     A ``text_fraction`` of them have no image: ``repeat_fraction`` of those ask for the text back
     ("{text} . describe it" -> the text, a training prompt or caption, :func:`sample_training_text`), the others
     are questions the text settles (``sample_text_question``: "{text} . {question}"). Of the rest,
@@ -95,7 +96,7 @@ def sample_examples(rng: np.random.Generator, n: int, caption_fraction: float = 
         relation = bool(relation_fraction) and rng.random() < relation_fraction  # no draw at 0
         if relation or (text_fraction and rng.random() < text_fraction):  # no draw at 0: the image-only stream stays as it was
             if relation:
-                text, question, answer = sample_relation_text_question(rng, relation_colours)
+                text, question, answer = sample_relation_text_question(rng, relation_colours, relation_kind)
             elif repeat_fraction and rng.random() < repeat_fraction:
                 _, text, _ = sample_training_text(rng)
                 question, answer = REPEAT, text
@@ -135,13 +136,15 @@ def answer_loss(mllm: FrozenMLLM, images: ImageList, questions: list[str], answe
 
 @torch.no_grad()
 def relation_text_answers(mllm: FrozenMLLM) -> dict[str, float]:
-    """The share of the four :func:`relation_text_question` s about every training (``relation_text_train``) and
-    every held-out (``relation_text_heldout``) position string, given as text, that is answered right."""
+    """The share of the questions about every training (``..._train``) and every held-out (``..._heldout``)
+    position string, given as text, that is answered right: the four :func:`relation_text_question` s
+    (``relation_text_...``) and the two :func:`relation_which_question` s (``relation_which_...``)."""
     accuracy = {}
     for split, table in (("train", TRAIN_PROMPTS), ("heldout", HELDOUT_PROMPTS)):
-        asked = [(text, *relation_text_question(text, flip_word, flip_order)) for text in table["position"] for flip_word in (False, True) for flip_order in (False, True)]
-        replies = mllm.describe(None, [f"{text} {TEXT_SEPARATOR} {question}" for text, question, _ in asked], max_new_tokens=4)
-        accuracy[f"relation_text_{split}"] = float(np.mean([r == a for r, (_, _, a) in zip(replies, asked)]))
+        for kind, asked in (("text", [(text, *relation_text_question(text, word, order)) for text in table["position"] for word in (False, True) for order in (False, True)]),
+                            ("which", [(text, *relation_which_question(text, word)) for text in table["position"] for word in (False, True)])):
+            replies = mllm.describe(None, [f"{text} {TEXT_SEPARATOR} {question}" for text, question, _ in asked], max_new_tokens=4)
+            accuracy[f"relation_{kind}_{split}"] = float(np.mean([r == a for r, (_, _, a) in zip(replies, asked)]))
     return accuracy
 
 
@@ -243,11 +246,11 @@ def reconstruction_loss(mllm: FrozenMLLM, codec: LatentCodec, readout: LatentRea
 def pretrain(mllm: FrozenMLLM, steps: int, batch: int = 32, lr: float = 2e-3, seed: int = TRAIN_SEED, log_every: int = 50,
              checkpoint_every: int = 0, out: Path | None = None, text_fraction: float = 0.0, repeat_fraction: float = 0.0, freeze_embeddings: bool = False,
              grounding_fraction: float = 0.0, vision_only: bool = False, reconstruction_weight: float = 0.0, codec: LatentCodec | None = None,
-             relation_fraction: float = 0.0, relation_colours: float = 0.0) -> list[float]:
+             relation_fraction: float = 0.0, relation_colours: float = 0.0, relation_kind: str = "yes_no") -> list[float]:
     """AdamW with warm-up and cosine decay on freshly sampled ShapesWorld examples (a ``text_fraction`` of
     them about a text with no image, ``repeat_fraction`` of those asking for it back, a ``grounding_fraction``
-    grounding questions, a ``relation_fraction`` relation questions about a position prompt, ``relation_colours`` of
-    those prompts coloured, :func:`sample_examples`);
+    grounding questions, a ``relation_fraction`` relation questions of ``relation_kind`` about a position prompt,
+    ``relation_colours`` of those prompts coloured, :func:`sample_examples`);
     returns the loss curve.
 
     ``freeze_embeddings`` keeps the input word embeddings at their initial values (nearly orthogonal random
@@ -279,7 +282,7 @@ def pretrain(mllm: FrozenMLLM, steps: int, batch: int = 32, lr: float = 2e-3, se
     def batch_loss(step: int) -> tuple[torch.Tensor, str]:
         images, questions, answers = sample_examples(rng, batch, text_fraction=text_fraction, repeat_fraction=repeat_fraction,
                                                      grounding_fraction=grounding_fraction, relation_fraction=relation_fraction,
-                                                     relation_colours=relation_colours)
+                                                     relation_colours=relation_colours, relation_kind=relation_kind)
         loss = answer_loss(mllm, images, questions, answers)
         if readout is None:
             return loss, ""
@@ -324,6 +327,8 @@ def main(argv: list[str] | None = None) -> None:
                              "is the square below the circle\" -> yes) (default %(default)s)")
     parser.add_argument("--relation-colours", type=float, default=0.0,
                         help="share of those prompts that name a colour for each object (\"a red circle above a blue square\"; default %(default)s)")
+    parser.add_argument("--relation-kind", choices=RELATION_KINDS, default="yes_no",
+                        help="the relation questions' form: 'yes_no' (\"is the square below the circle\" -> yes) or 'which' (\"what is below\" -> square) (default %(default)s)")
     parser.add_argument("--train", choices=("all", "vision"), default="all", help="'vision': only the vision tower and the new words' rows; the language model stays as it was, so checkpoints trained on the --resume MLLM keep their text-to-image conditions (default %(default)s)")
     parser.add_argument("--reconstruction-weight", type=float, default=0.0, help="weight of the vision features' reconstruction of the autoencoder's latents (LatentReadout, dropped afterwards) (default %(default)s)")
     parser.add_argument("--vae", type=Path, default=VAE_DIR, help="the frozen autoencoder for --reconstruction-weight (default: the bundled ShapesWorld VAE)")
@@ -340,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     pretrain(mllm, args.steps, batch=args.batch, lr=args.lr, seed=args.seed, checkpoint_every=500, out=args.out, text_fraction=args.text_fraction,
              repeat_fraction=args.repeat_fraction, freeze_embeddings=args.freeze_embeddings, grounding_fraction=args.grounding_fraction,
              vision_only=args.train == "vision", reconstruction_weight=args.reconstruction_weight, relation_fraction=args.relation_fraction,
-             relation_colours=args.relation_colours,
+             relation_colours=args.relation_colours, relation_kind=args.relation_kind,
              codec=build_codec(BackboneSpec("autoencoder_kl", path=str(args.vae))) if args.reconstruction_weight else None)
     save_mllm(mllm, args.out)
     scores = evaluate_mllm(mllm, n=args.eval_n)

@@ -17,7 +17,7 @@ from .scene import (PlacementError, Scene, SceneObject, box_gap, place_object, p
                     relation_holds)
 from .spec import CATEGORIES, COLORS, PALETTE, SHAPES
 from .understanding import (Question, answer_question, parse_question, question_pairs, sample_caption,
-                            relation_text_question, sample_question, sample_relation_text_question, sample_text_question, sample_training_text)
+                            relation_text_question, relation_which_question, sample_question, sample_relation_text_question, sample_text_question, sample_training_text)
 
 __all__ = [
     "spec", "CATEGORIES", "COLORS", "PALETTE", "SHAPES",
@@ -30,7 +30,7 @@ __all__ = [
     "Instruction", "EditTriplet", "parse_instruction", "check_instruction", "apply_instruction", "sample_edit",
     "edit_triplets",
     "Question", "parse_question", "answer_question", "sample_question", "question_pairs", "sample_caption",
-    "sample_text_question", "sample_relation_text_question", "relation_text_question", "sample_training_text",
+    "sample_text_question", "sample_relation_text_question", "relation_text_question", "relation_which_question", "sample_training_text",
     "DetectedObject", "label_components", "parse_image", "classify_shape", "score_prompt", "geneval", "attribute_accuracy", "shape_binding", "relation_placement",
     "edit_correct", "edit_accuracy", "EDIT_OUTCOMES", "edit_outcome", "edit_outcomes", "RELATIONS", "edit_collateral", "reconstruction_correct", "reconstruction_accuracy", "scale_agreement", "cross_scale_consistency",
 ]

@@ -15,7 +15,10 @@ only when asked for (``kind="where"``), so the spec's question stream is unchang
 A second extension asks about the relation a position prompt states, given as text: "a circle above a square . is
 the square below the circle" -> "yes" (:func:`sample_relation_text_question`; every relation word, where the spec's
 questions only ask "to the left of"), so that the MLLM's states carry which way a relation points
-(docs/demo-and-ablations.md section 3, ``train.diagnose``'s relation contrasts).
+(docs/demo-and-ablations.md section 3, ``train.diagnose``'s relation contrasts). Its "which" form asks for the
+object on one side instead, "a circle above a square . what is below" -> "square" (:func:`relation_which_question`):
+the answer is one of the prompt's two shape words, picked by whether the question's side is the prompt's relation,
+where the yes/no form needs both the relation word and the order matched.
 
 Project decisions (``docs/shapesworld.md``): questions carry no question mark (like prompts, no
 trailing punctuation); count answers are "zero" .. "four" ("zero" included: the sampler asks
@@ -37,7 +40,7 @@ from .prompts import caption, is_held_out, parse_prompt, sample_pair, sample_pro
 from .scene import Scene, random_scene, relation_holds
 
 __all__ = ["Question", "answer_question", "parse_question", "sample_question", "question_pairs",
-           "sample_caption", "sample_training_text", "sample_text_question", "sample_relation_text_question", "relation_text_question", "caption", "GROUNDING_WORDS",
+           "sample_caption", "sample_training_text", "sample_text_question", "sample_relation_text_question", "relation_text_question", "relation_which_question", "caption", "GROUNDING_WORDS",
            "parse_box"]
 
 GROUNDING_TEMPLATE = "where is the {color} {shape}"
@@ -46,6 +49,11 @@ GROUNDING_WORDS: tuple[str, ...] = ("where", *(str(i) for i in range(spec.CANVAS
 """Words the grounding questions add to the world's vocabulary: "where" and the pixel coordinates 0..64."""
 RELATION_TEXT_TEMPLATE = "is the {shape} {phrase} the {shape2}"
 """The question about a position prompt given as text (a project extension, module docstring); answered yes or no."""
+RELATION_WHICH_TEMPLATE = "what is {side}"
+"""The "which" form of that question: the side is a relation phrase without its "of" ("to the left", "above");
+answered with a shape word."""
+RELATION_KINDS = ("yes_no", "which")
+"""The two forms of the relation question (:func:`sample_relation_text_question`)."""
 
 
 @dataclass(frozen=True)
@@ -229,12 +237,28 @@ def relation_text_question(text: str, flip_word: bool, flip_order: bool) -> tupl
     return RELATION_TEXT_TEMPLATE.format(shape=first, phrase=spec.RELATION_PHRASES[relation], shape2=second), "yes" if flip_word == flip_order else "no"
 
 
-def sample_relation_text_question(rng: np.random.Generator, position_colours: float = 0.0) -> tuple[str, str, str]:
+def relation_which_question(text: str, flip_word: bool) -> tuple[str, str]:
+    """The (question, answer) asking which object of position prompt ``text`` stands on the side its relation names,
+    or on the opposite side (``flip_word``): "a circle above a square" -> "what is above" -> "circle", "what is
+    below" -> "square"."""
+    req = parse_prompt(text)
+    first, second = (o.shape for o in req.objects)
+    relation = spec.OPPOSITE_RELATION[req.relation] if flip_word else req.relation
+    side = spec.RELATION_PHRASES[relation].removesuffix(" of")
+    return RELATION_WHICH_TEMPLATE.format(side=side), second if flip_word else first
+
+
+def sample_relation_text_question(rng: np.random.Generator, position_colours: float = 0.0, kind: str = "yes_no") -> tuple[str, str, str]:
     """A (text, question, answer) triple: a training position prompt (never a held-out one; ``position_colours`` of
-    them with a colour for each object, ``with_colours``; 0 draws nothing more) and the :func:`relation_text_question`
-    with the relation word and the order each flipped at random, so "yes" and "no" are equally likely and only the
-    relation word and the order tell them apart."""
+    them with a colour for each object, ``with_colours``; 0 draws nothing more) and a question about it. ``kind``
+    "yes_no": the :func:`relation_text_question` with the relation word and the order each flipped at random, so
+    "yes" and "no" are equally likely and only the relation word and the order tell them apart; "which": the
+    :func:`relation_which_question` with the side flipped at random, so either shape word is as likely."""
+    if kind not in RELATION_KINDS:
+        raise ValueError(f"relation question kind {kind!r}: use one of {RELATION_KINDS}")
     text = sample_prompt("position", rng, "train")
     if position_colours and rng.random() < position_colours:
         text = with_colours(text, rng)
+    if kind == "which":
+        return (text, *relation_which_question(text, bool(rng.random() < 0.5)))
     return (text, *relation_text_question(text, bool(rng.random() < 0.5), bool(rng.random() < 0.5)))
