@@ -153,9 +153,10 @@ def evaluate_mllm(mllm: FrozenMLLM, n: int = 300, seed: int = EVAL_SEED, batch: 
     """Caption exact match and question accuracy (overall and per kind) on scenes never trained on, the
     accuracy of questions about a text with no image (``text_question_accuracy``, on ``n`` more examples), and
     the share of grounding answers whose box is within the edit tolerance of the truth (``grounding_within_2px``,
-    ``n`` more scenes; 0 for an MLLM without the grounding words), and the accuracy of the four relation questions
-    (``relation_text_question``) about every training and every held-out position string given as text
-    (``relation_text_train``, ``relation_text_heldout``: whether the MLLM reads a relation it was never asked about)."""
+    ``n`` more scenes; 0 for an MLLM without the grounding words), and the accuracy of the relation questions of
+    both forms about every training and every held-out position string given as text (:func:`relation_text_answers`:
+    ``relation_text_train`` / ``_heldout`` and ``relation_which_train`` / ``_heldout``; the held-out ones say whether
+    the MLLM reads a relation it was never asked about)."""
     rng = np.random.default_rng([seed, 7])
     correct: dict[str, list[bool]] = defaultdict(list)
     for start in range(0, n, batch):
