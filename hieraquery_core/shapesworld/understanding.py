@@ -224,14 +224,19 @@ def sample_text_question(rng: np.random.Generator) -> tuple[str, str, str]:
         return text, q.text(), answer
 
 
+def _shapes_and_relation(text: str, flip_word: bool) -> tuple[str, str, str]:
+    """Position prompt ``text``'s first and second shape and its relation key, or the opposite relation (``flip_word``)."""
+    req = parse_prompt(text)
+    first, second = (o.shape for o in req.objects)
+    return first, second, spec.OPPOSITE_RELATION[req.relation] if flip_word else req.relation
+
+
 def relation_text_question(text: str, flip_word: bool, flip_order: bool) -> tuple[str, str]:
     """The (question, answer) about position prompt ``text`` with the opposite relation word (``flip_word``) and/or
     the shapes in the other order (``flip_order``): "a circle above a square" -> "is the circle above the square" and
     "is the square below the circle" -> "yes", "is the circle below the square" and "is the square above the circle"
     -> "no"."""
-    req = parse_prompt(text)
-    first, second = (o.shape for o in req.objects)
-    relation = spec.OPPOSITE_RELATION[req.relation] if flip_word else req.relation
+    first, second, relation = _shapes_and_relation(text, flip_word)
     if flip_order:
         first, second = second, first
     return RELATION_TEXT_TEMPLATE.format(shape=first, phrase=spec.RELATION_PHRASES[relation], shape2=second), "yes" if flip_word == flip_order else "no"
@@ -241,9 +246,7 @@ def relation_which_question(text: str, flip_word: bool) -> tuple[str, str]:
     """The (question, answer) asking which object of position prompt ``text`` stands on the side its relation names,
     or on the opposite side (``flip_word``): "a circle above a square" -> "what is above" -> "circle", "what is
     below" -> "square"."""
-    req = parse_prompt(text)
-    first, second = (o.shape for o in req.objects)
-    relation = spec.OPPOSITE_RELATION[req.relation] if flip_word else req.relation
+    first, second, relation = _shapes_and_relation(text, flip_word)
     side = spec.RELATION_PHRASES[relation].removesuffix(" of")
     return RELATION_WHICH_TEMPLATE.format(side=side), second if flip_word else first
 
