@@ -29,7 +29,7 @@ from .dit import SOFTMAX_OPTION, DiffusionTransformer
 from .errors import HieraQueryError, require
 from .latent_codec import LatentCodec
 from .mllm import FrozenMLLM
-from .pointwise_conv import pointwise_as_linear
+from .cpu_linear import cpu_linear_layers
 from .word_tokenizer import build_word_tokenizer
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -104,14 +104,14 @@ VAE_CLASSES = {"autoencoder_kl": AutoencoderKL, "autoencoder_dc": AutoencoderDC}
 
 
 def build_dit(spec: BackboneSpec, base_dir: Path | None = None) -> DiffusionTransformer:
-    """The shared-weight DiT of Eq. 5 (diffusers' SD3 or SANA transformer), its 1x1 convolutions run as matmuls on the CPU."""
+    """The shared-weight DiT of Eq. 5 (diffusers' SD3 or SANA transformer), its linear maps and 1x1 convolutions run on the CPU as its BLAS runs them fastest (cpu_linear.py)."""
     cls = DIT_CLASSES[spec.kind]
     if spec.path:
         transformer = cls.from_pretrained(resolve_folder(spec.path, base_dir, "DiT"), **LOAD_KWARGS)
     else:
         require(spec.config is not None, "config.dit needs a 'path' (local folder) or a 'config'")
         transformer = cls(**spec.config)
-    dit = DiffusionTransformer(pointwise_as_linear(transformer), spec.kind)
+    dit = DiffusionTransformer(cpu_linear_layers(transformer), spec.kind)
     if SOFTMAX_OPTION in spec.options:
         dit.use_softmax_self_attention(spec.options[SOFTMAX_OPTION])
     return dit

@@ -1,0 +1,112 @@
+"""The DiT's linear maps on the CPU (cpu_linear.py): 1x1 convolutions as matmuls and few-row products taken the other
+way round give the same numbers and gradients as nn.Conv2d / nn.Linear, only per-pixel linear maps and plain linear
+layers change, and the DiT gets them when built, widened or loaded from a checkpoint."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from hieraquery_core.backbones import build_dit
+from hieraquery_core.checkpoint import bundled_demo, load_checkpoint
+from hieraquery_core.config import BackboneSpec
+from hieraquery_core.connector import ScaleCondition
+from hieraquery_core.cpu_linear import FEW_ROWS, LARGE_WEIGHT, CpuLinear, PointwiseConv2d, cpu_linear_layers, is_pointwise
+from hieraquery_core.tiny import tiny_dit
+
+
+def converted_output(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The output of ``layer`` converted by cpu_linear_layers, after checking that it and its gradients (input, weight,
+    bias) equal the plain layer's."""
+    fast = cpu_linear_layers(copy.deepcopy(layer))
+    assert type(fast) is {nn.Conv2d: PointwiseConv2d, nn.Linear: CpuLinear}[type(layer)]
+    x_ref, x_fast = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ref, out = layer(x_ref), fast(x_fast)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn_like(ref)
+    ref.backward(grad)
+    out.backward(grad)
+    torch.testing.assert_close(x_fast.grad, x_ref.grad)
+    for name, parameter in layer.named_parameters():
+        torch.testing.assert_close(fast.get_parameter(name).grad, parameter.grad)
+    return out.detach()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_matmul_gives_the_convolutions_outputs_and_gradients(bias, channels_last):
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, 5, 7)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert converted_output(nn.Conv2d(6, 10, 1, bias=bias), x).shape == (3, 10, 5, 7)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("rows", [5, FEW_ROWS, FEW_ROWS + 1])
+def test_the_swapped_product_gives_the_linear_layers_outputs_and_gradients(bias, rows):
+    torch.manual_seed(0)
+    out = converted_output(nn.Linear(1024, LARGE_WEIGHT // 1024, bias=bias), torch.randn(1, rows, 1024))
+    assert out.is_contiguous() == (rows > FEW_ROWS)  # few rows: the transposed result of the swapped product
+
+
+def test_a_large_pointwise_convolution_of_few_pixels_takes_the_swapped_product_too():
+    torch.manual_seed(0)
+    out = converted_output(nn.Conv2d(1024, LARGE_WEIGHT // 1024, 1), torch.randn(2, 1024, 4, 4))  # 32 pixels
+    assert out.permute(0, 2, 3, 1).stride(-1) == 32  # channels-last of the transposed product, not F.linear's
+
+
+def test_small_weights_keep_the_plain_product():
+    small = cpu_linear_layers(nn.Linear(128, 128))
+    assert small(torch.randn(2, 16, 128)).is_contiguous()  # F.linear's own layout: the swapped product measured slower here
+
+
+def test_only_per_pixel_linear_maps_are_converted():
+    eligible = nn.Conv2d(4, 8, 1)
+    others = [nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(4, 8, 1, stride=2), nn.Conv2d(4, 8, 1, groups=4), nn.Conv2d(4, 8, 1, padding=1),
+              nn.Conv2d(4, 8, 1, dilation=2), nn.Conv1d(4, 8, 1), nn.Bilinear(4, 4, 8), nn.LazyLinear(8)]
+    module = nn.Sequential(eligible, nn.Linear(4, 8), *others)
+    keys = list(module.state_dict())
+    assert cpu_linear_layers(module) is module
+    assert type(module[0]) is PointwiseConv2d and type(module[1]) is CpuLinear
+    assert [type(m) for m in module[2:]] == [type(m) for m in others] and not any(is_pointwise(m) for m in others)
+    assert list(module.state_dict()) == keys
+
+
+def sana_spec(patch_size: int) -> BackboneSpec:
+    base = tiny_dit("sana", in_channels=3)
+    return BackboneSpec("sana", config={**base.config, "patch_size": patch_size})
+
+
+def test_the_sana_dit_runs_its_pointwise_convolutions_as_matmuls_and_keeps_them_when_widened():
+    dit = build_dit(sana_spec(patch_size=1))
+    ffn = dit.blocks[0].ff
+    assert type(ffn.conv_inverted) is PointwiseConv2d and type(ffn.conv_point) is PointwiseConv2d
+    assert type(ffn.conv_depth) is nn.Conv2d  # depthwise 3x3: left to oneDNN
+    assert type(dit.patch_projection()) is PointwiseConv2d
+    dit.add_input_channels(3)
+    assert type(dit.patch_projection()) is PointwiseConv2d and dit.patch_projection().in_channels == 6
+    assert type(build_dit(sana_spec(patch_size=2)).patch_projection()) is nn.Conv2d  # 2x2 patches are a real convolution
+    linears = [m for m in dit.modules() if isinstance(m, nn.Linear)]
+    assert linears and all(type(m) is CpuLinear for m in linears)
+
+
+def test_the_bundled_demo_loads_with_matmuls_and_paints_what_the_convolutions_paint():
+    model = load_checkpoint(bundled_demo())
+    pointwise = [m for m in model.dit.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    linears = [m for m in model.dit.modules() if isinstance(m, nn.Linear)]
+    assert pointwise and all(type(m) is PointwiseConv2d for m in pointwise)
+    assert linears and all(type(m) is CpuLinear for m in linears)
+    g = torch.Generator().manual_seed(0)
+    latents, source = torch.randn(2, model.codec.channels, 8, 8, generator=g), torch.randn(2, model.codec.channels, 8, 8, generator=g)
+    condition = ScaleCondition(torch.randn(2, 5, model.dit.caption_dim, generator=g), None)
+    with torch.no_grad():
+        fast = model.dit(latents, torch.tensor(0.6), condition, source)
+        for m in pointwise:
+            m.__class__ = nn.Conv2d
+        for m in linears:
+            m.__class__ = nn.Linear
+        plain = model.dit(latents, torch.tensor(0.6), condition, source)
+    torch.testing.assert_close(fast, plain)
