@@ -123,7 +123,7 @@ def test_edit_settings_are_tuned_on_validation_edits_never_the_heldout_ones(monk
     assert set(tuning[1.0]) == {"recolor", "remove", "add", "restyle", "overall"}
 
 
-def test_position_strings_paint_every_training_and_heldout_position_string(monkeypatch, tmp_path):
+def test_position_strings_paint_every_training_and_heldout_position_string(monkeypatch, tmp_path, capsys):
     """``--position-strings 2``: each split's position strings twice each; a model that paints each prompt's scene
     passes them all, one that paints them upside down passes none and is told "opposite" every time, and one that
     turns only the outline strings is seen doing so string by string."""
@@ -156,8 +156,10 @@ def test_position_strings_paint_every_training_and_heldout_position_string(monke
     folder = save_checkpoint(HieraQuery.from_config(tiny_config(image_size=64)).eval(), tmp_path / "tiny")
     main(["--checkpoint", str(folder), "--n", "6", "--n-edits", "0", "--steps", "1", "--flow-n", "0", "--position-strings", "1", "--out", str(tmp_path / "r.json")])
     assert set(json.loads((tmp_path / "r.json").read_text())["position_strings"]) == {"train", "heldout"}
-    with pytest.raises(SystemExit):  # a negative count is one usage error, before any model is loaded
-        main(["--checkpoint", str(folder), "--position-strings", "-1", "--out", str(tmp_path / "bad.json")])
+    for bad in (["--position-strings", "-1"], ["--n", "0"], ["--n-edits", "-1"]):  # one usage error each, before any model is loaded
+        with pytest.raises(SystemExit) as exit_:
+            main(["--checkpoint", str(folder), *bad, "--out", str(tmp_path / "bad.json")])
+        assert exit_.value.code == 2 and bad[0] in capsys.readouterr().err
     assert not (tmp_path / "bad.json").exists()
 
 

@@ -277,6 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.position_strings < 0:
         parser.error(f"--position-strings {args.position_strings}: give how many images per position string, or 0 to skip them")
+    if args.n < 1 or args.n_edits < 0:
+        parser.error(f"--n {args.n} --n-edits {args.n_edits}: every report scores GenEval, so give at least 1 held-out prompt (--n), and 0 or more edits (--n-edits 0 skips them)")
     torch.set_num_threads(args.threads)
     settings = EvalSettings(**{name: getattr(args, name) for name in asdict(defaults)})
     if args.ground_truth:
