@@ -21,7 +21,7 @@ from train.ablations import VARIANTS, variant_config
 from train.evaluate import (EvalSettings, evaluate_ground_truth, evaluate_model, heldout_edits, heldout_flow_loss, main, score_generations,
                             tune_setting, validation_edits)
 from train.make_demo import CONFIG, demo_config
-from train.shapesworld_mllm import ASSET_DIR
+from train.shapesworld_mllm import WHICH_ASSET_DIR
 
 
 def test_ground_truth_images_score_one_everywhere():
@@ -195,7 +195,7 @@ def test_bundled_demo_generates_every_scale_at_its_size_and_keeps_the_mllm_froze
     model = load_checkpoint(bundled_demo())
     out = HieraQueryPipeline(model).generate(["a red circle", "two squares"], seed=0, options=SamplingOptions(steps=2))
     assert [tuple(img.shape) for img in out.images] == [(2, 3, 16, 16), (2, 3, 32, 32), (2, 3, 64, 64)]
-    frozen = build_mllm(BackboneSpec("qwen2_5_vl", path=str(ASSET_DIR))).model.state_dict()
+    frozen = build_mllm(BackboneSpec("qwen2_5_vl", path=str(WHICH_ASSET_DIR))).model.state_dict()  # the MLLM its DiT was trained on
     embedded = model.mllm.model.state_dict()
     assert embedded.keys() == frozen.keys() and all(torch.equal(embedded[k], frozen[k]) for k in frozen), "training changed the frozen MLLM"
     answer = model.mllm.describe(torch.ones(1, 3, 64, 64), ["how many circles are there"], max_new_tokens=3)[0]

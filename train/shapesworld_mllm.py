@@ -49,6 +49,9 @@ REPEAT = "describe it"
 TEXT_SEPARATOR = "."
 """Between the text and the question of a text-only example ("a red circle . what color is the circle")."""
 ASSET_DIR = Path(__file__).resolve().parents[1] / "hieraquery_core" / "assets" / "shapesworld-mllm"
+WHICH_ASSET_DIR = ASSET_DIR.with_name("shapesworld-mllm-which")
+"""ASSET_DIR's MLLM continued with "which object stands on this side" questions (``--resume ASSET_DIR --relation-kind
+which``, docs/demo-and-ablations.md section 3): the frozen MLLM of the bundled demo checkpoint since 2026-12-05."""
 VAE_DIR = ASSET_DIR.with_name("shapesworld-vae")
 TRAIN_SEED, EVAL_SEED = 1, 0x45564C  # separate random streams: evaluation scenes are never trained on
 
