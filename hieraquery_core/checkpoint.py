@@ -178,6 +178,12 @@ scale after the first from the previous one re-noised to 0.7 (held-out edits 0.8
 from noise), with text guidance 1.5 (3 spreads a recolour over objects the instruction does not name: 0.685 against
 0.56 on validation edits of an earlier model)."""
 
+BUNDLED_DEMO_SEED = 1
+"""The seed of the ``demo`` command and the example workflows. With the model bundled on 2026-12-05 (night) the demo
+prompt "a red circle to the left of a blue square" comes out as named for 6 of the seeds 0-11 and "make the red
+circle green" succeeds on 7; seed 0 paints the two shapes touching, which the scorer reads as one object, and the
+edit leaves it as it was. Seed 1 passes the prompt and all three edits of the edit-chain workflow."""
+
 
 def bundled_demo() -> Path | None:
     """The bundled demo checkpoint folder, or None while it has not been trained yet."""

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .checkpoint import BUNDLED_DEMO_SAMPLING, bundled_demo, load_checkpoint
+from .checkpoint import BUNDLED_DEMO_SAMPLING, BUNDLED_DEMO_SEED, bundled_demo, load_checkpoint
 from .errors import HieraQueryError, require
 from .images import as_pixels, to_pil
 from .model import HieraQuery
@@ -112,10 +112,10 @@ def run_edit(pipeline: HieraQueryPipeline, args: argparse.Namespace, image: torc
     return output
 
 
-def sampling_flags(steps: str = "20", guidance: float = 4.0, refine_strength: float = 1.0) -> argparse.ArgumentParser:
+def sampling_flags(steps: str = "20", guidance: float = 4.0, refine_strength: float = 1.0, seed: int = 0) -> argparse.ArgumentParser:
     """The sampling flags (a parent parser; each command gets its own, so their defaults stay apart)."""
     sampling = argparse.ArgumentParser(add_help=False)
-    sampling.add_argument("--seed", type=int, default=0)
+    sampling.add_argument("--seed", type=int, default=seed)
     sampling.add_argument("--steps", default=steps, help="steps per scale: one number, or one per scale like 10,10,20")
     sampling.add_argument("--guidance", type=float, default=guidance)
     sampling.add_argument("--image-guidance", type=float, default=1.5)
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     desc.add_argument("--image", required=True)
     desc.add_argument("--question", default="describe the image")
     tuned = BUNDLED_DEMO_SAMPLING
-    demo_sampling = sampling_flags(steps=str(tuned["steps"]), guidance=tuned["guidance"], refine_strength=tuned["refine_strength"])
+    demo_sampling = sampling_flags(steps=str(tuned["steps"]), guidance=tuned["guidance"], refine_strength=tuned["refine_strength"], seed=BUNDLED_DEMO_SEED)
     demo = sub.add_parser("demo", parents=[common, demo_sampling], help="generate, edit the result, describe it (sampled as the bundled demo was tuned)")
     demo.add_argument("--prompt", default="a red circle to the left of a blue square")
     demo.add_argument("--instruction", default="make the red circle green")

@@ -23,6 +23,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 import comfyui_harness as harness
+from hieraquery_core.checkpoint import BUNDLED_DEMO_SEED
 from hq_checkpoints import DEMO_IS_BUNDLED, DEMO_NAME, DEMO_SIZE, assert_not_blank, messages_of, read_rgb
 
 WORKFLOW_DIR = harness.REPO_ROOT / "workflows"
@@ -83,6 +84,8 @@ def test_workflows_are_the_shipped_set_listed_as_templates_and_load_the_demo(com
         loaders = [n for n in workflow["nodes"] if n["type"] == "HieraQueryLoader"]
         assert len(loaders) == 1 and loaders[0]["widgets_values"][0] == DEMO_NAME, stem
         assert any(n["type"] == "Note" for n in workflow["nodes"]), f"{stem}: explain the workflow in a Note"
+        seeds = [v[i - 1] for n in workflow["nodes"] for v in [n.get("widgets_values") or []] for i, w in enumerate(v) if w == "fixed"]
+        assert seeds and set(seeds) == {BUNDLED_DEMO_SEED}, f"{stem}: fixed seeds {seeds}; the examples use the demo's seed"
 
 
 @pytest.mark.parametrize("stem", sorted(WORKFLOWS))
