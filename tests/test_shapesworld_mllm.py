@@ -15,7 +15,7 @@ from hieraquery_core.errors import HieraQueryError
 from hieraquery_core.shapesworld import edit_triplets, is_held_out, random_scene
 from hieraquery_core.shapesworld.understanding import GROUNDING_WORDS
 from hieraquery_core.tiny import tiny_codec
-from train.shapesworld_mllm import (ASSET_DIR, REPEAT, WHICH_ASSET_DIR, TEXT_SEPARATOR, LatentReadout, answer_loss, evaluate_mllm, extend_vocabulary, main, pixels_of, pretrain,
+from train.shapesworld_mllm import (ASSET_DIR, REPEAT, TEXT_SEPARATOR, WHICH_ASSET_DIR, LatentReadout, answer_loss, evaluate_mllm, extend_vocabulary, main, pixels_of, pretrain,
                                     reconstruction_loss, sample_examples, save_mllm, shapesworld_mllm_spec)
 
 

@@ -84,7 +84,7 @@ def test_workflows_are_the_shipped_set_listed_as_templates_and_load_the_demo(com
         loaders = [n for n in workflow["nodes"] if n["type"] == "HieraQueryLoader"]
         assert len(loaders) == 1 and loaders[0]["widgets_values"][0] == DEMO_NAME, stem
         assert any(n["type"] == "Note" for n in workflow["nodes"]), f"{stem}: explain the workflow in a Note"
-        seeds = [v[i - 1] for n in workflow["nodes"] for v in [n.get("widgets_values") or []] for i, w in enumerate(v) if w == "fixed"]
+        seeds = [v[i - 1] for n in workflow["nodes"] if (v := n.get("widgets_values")) for i, w in enumerate(v) if w == "fixed"]
         assert seeds and set(seeds) == {BUNDLED_DEMO_SEED}, f"{stem}: fixed seeds {seeds}; the examples use the demo's seed"
 
 
