@@ -14,7 +14,11 @@ Two measured quirks of PyTorch's CPU matrix products, both about how the same ar
   weight of at least :data:`LARGE_WEIGHT` entries, the same product taken the other way round,
   ``addmm(b, W, x^T)^T``, measured 1.0-1.4x faster (MKL, one thread, Intel Xeon; the same values up to float rounding),
   and the medium DiT's 2 x 16-token forward 14 % faster. With smaller weights (the ShapesWorld demo's
-  128-wide DiT) it measured 0.6-0.9x, so those keep ``F.linear``; from 128 rows up the two are even.
+  128-wide DiT) it measured 0.6-0.9x, so those keep ``F.linear``; from 128 rows up the two are even. On an AMD
+  EPYC (the same torch build and MKL, AVX2) it measured 0.94-1.12x at 32 and 64 rows and 0.73-0.97x at 8, and
+  the medium DiT's 2 x 16-token forward was 6 % slower with these layers than with plain ones (0.04 s of an
+  8.3 s cascade; BENCHMARKS.md, 2026-12-05 22:02). The choice is kept: picking the product per CPU would need a
+  start-up measurement.
 
 :func:`cpu_linear` makes the choice. :class:`PointwiseConv2d` and :class:`CpuLinear` are ``nn.Conv2d`` and
 ``nn.Linear`` with only ``forward`` changed, so parameters, state dicts, device moves and
