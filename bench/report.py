@@ -89,7 +89,7 @@ def render(results: dict) -> str:
     parts.append("\n(a') is (a) inside the same caption-path cache as the pipeline (computed once, not at every step). (b_r) is the cascade sampled "
                  f"as the bundled demo is (refine strength {strength}: the finer scales start from the previous one and run "
                  f"round({strength} x steps), at least 1, of their steps: {refined_steps(s['steps'], strength)} of {s['steps']} here), not an equal-steps comparison: "
-                 "on the demo it is also the better image (held-out GenEval 0.727 against 0.477 for (b), whose final scale is painted from noise exactly as (a) paints it; both at guidance 4).")
+                 "on the demo it is also the better image (held-out GenEval 0.743 against 0.530 for (b), whose final scale is painted from noise exactly as (a) paints it; both at guidance 4).")
     parts += ["", "### 2. Where the time of one image goes (the median encode run + the median cascade run)", ""]
     for size, r in results["sizes"].items():
         rows = [[name, v["seconds"], v["percent"], v.get("gflops", "")] for name, v in r["sampling"]["breakdown"].items()]
