@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from hieraquery_core.checkpoint import BUNDLED_DEMO_SAMPLING as S
+
 ROOT = Path(__file__).parents[1]
 CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
@@ -57,3 +59,11 @@ def test_benchmarks_sentence_is_the_one_report_writes(figures: dict[str, str]) -
     """bench/report.py reads the reports when it writes; the committed CPU block must not lag behind them."""
     text = (ROOT / "BENCHMARKS.md").read_text()
     assert f"held-out GenEval {figures['t2i']} against {figures['t2i_noise']} for (b)" in text
+
+
+def test_readme_quotes_the_demos_sampling() -> None:
+    """The library and command-line examples name the settings the demo was tuned for (BUNDLED_DEMO_SAMPLING)."""
+    readme = (ROOT / "README.md").read_text()
+    assert f"SamplingOptions(guidance={S['guidance']:g}, refine_strength={S['refine_strength']:g})" in readme
+    assert f"`--refine-strength {S['refine_strength']:g}` enables the" in readme and f"with `--guidance {S['guidance']:g}`" in readme
+    assert f"`--edit-refine-strength`, {S['edit_refine_strength']:g} by default" in readme
