@@ -182,8 +182,8 @@ BUNDLED_DEMO_SEED = 2
 """The seed of the ``demo`` command and the example workflows. With the model bundled on 2026-12-06 the demo prompt
 "a red circle to the left of a blue square" comes out as named for 8 of the seeds 0-11, and of the edit-chain
 workflow's edits "make the red circle green" succeeds on 6, "add a yellow triangle" on 11 and "remove the blue square"
-on 8 (each on the previous result; scored by the evaluator's ``score_prompt`` and ``edit_correct``). Seeds 0 and 1 miss the prompt; seed 2 is the first to pass the
-prompt and all three edits."""
+on 8 (each on the previous result; scored by the evaluator's ``score_prompt`` and ``edit_correct``). Seeds 0 and 1
+miss the prompt; seed 2 is the first to pass the prompt and all three edits."""
 
 
 def bundled_demo() -> Path | None:
