@@ -86,8 +86,13 @@ def test_publishes_only_a_better_checkpoint_unless_forced(interrupted_then_resum
     assert not make_demo.evaluate_and_publish(final, equal, 1, torch.device("cpu"))  # the same model scores the same: a tie is not better
     assert (runs / "eval-published.json").is_file() and (asset / "stage.json").stat().st_mtime_ns == stamp
     assert not make_demo.evaluate_and_publish(final, make_demo.parse_args(demo_args(root, "--no-publish")), 1, torch.device("cpu"))
+    replaced = json.loads((asset / "stage.json").read_text())
     assert make_demo.evaluate_and_publish(runs / "t2i" / "final", make_demo.parse_args(demo_args(root, "--force-publish")), 1, torch.device("cpu"))
     assert same_weights(asset, runs / "t2i" / "final")
+    stage = json.loads((asset / "stage.json").read_text())  # the replaced model's record is kept whole, with its command
+    assert stage["previous"] == replaced and stage["earlier_commands"] == [*replaced.get("earlier_commands", []), replaced["command"]]
+    assert stage["published_by"] == "train.make_demo --force-publish" and stage["results"] == str(runs / "eval.json")
+    assert stage["eval"]["reconstruction_accuracy"] == json.loads((runs / "eval.json").read_text())["reconstruction_accuracy"]
 
 
 def test_init_from_starts_the_first_stage_from_an_earlier_model(interrupted_then_resumed):

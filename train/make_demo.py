@@ -180,22 +180,34 @@ def publish(checkpoint: Path, target: Path, provenance: dict) -> None:
 
 
 def evaluate_and_publish(final: Path, args: argparse.Namespace, processes: int, device: torch.device) -> bool:
-    """Score ``final``; publish it to ``args.publish_to`` if asked to and it beats what is there. Returns whether it did."""
+    """Score ``final``; publish it to ``args.publish_to`` if asked to and it beats what is there. Returns whether it did.
+
+    The new ``stage.json`` keeps the replaced model's whole record as ``previous`` and every earlier command in
+    ``earlier_commands``, so a published checkpoint carries its full history."""
     settings = eval_settings(args, n_edits=args.eval_edits)
     report = evaluate_checkpoint(final, settings, args.runs / "eval.json", device)
     print(f"held-out: GenEval overall {report['geneval']['overall']:.3f}, edit accuracy {report.get('edit_accuracy', {}).get('overall', 'n/a')}", flush=True)
     if args.no_publish:
         return False
+    published_by = "train.make_demo --force-publish"
     if not args.force_publish and (args.publish_to / WEIGHTS_NAME).is_file():
         published = evaluate_checkpoint(args.publish_to, settings, args.runs / "eval-published.json", device)
         if headline(report) <= headline(published):
             print(f"not published: {headline(report):.3f} does not beat {args.publish_to}'s {headline(published):.3f} (--force-publish to publish anyway)", flush=True)
             return False
-    publish(final, args.publish_to, {"stages": dict(zip(STAGES, args.steps)), "batch": args.batch, "processes": processes, "lr": args.lr, "seed": args.seed,
-                                     "replay_share": args.replay_share, "edit_distractors": args.edit_distractors, "caption_order": args.caption_order,
-                                     "category_weights": args.category_weights, "position_colours": args.position_colours, "ema_decay": args.ema_decay,
-                                     "init_from": None if args.init_from is None else str(args.init_from),
-                                     "command": " ".join(["python -m train.make_demo", *args.argv]), "eval": {k: report[k] for k in ("settings", "geneval", "edit_accuracy") if k in report}})
+        published_by = f"train.make_demo: headline (GenEval + edits) / 2 = {headline(report):.3f} against {headline(published):.3f} for the model it replaced"
+    stage_file = args.publish_to / "stage.json"
+    previous = json.loads(stage_file.read_text()) if stage_file.is_file() else None
+    provenance = {"stages": dict(zip(STAGES, args.steps)), "batch": args.batch, "processes": processes, "lr": args.lr, "seed": args.seed,
+                  "replay_share": args.replay_share, "edit_distractors": args.edit_distractors, "caption_order": args.caption_order,
+                  "category_weights": args.category_weights, "position_colours": args.position_colours, "ema_decay": args.ema_decay,
+                  "dropped_prompt_keeps_image": args.dropped_prompt_keeps_image, "init_from": None if args.init_from is None else str(args.init_from),
+                  "command": " ".join(["python -m train.make_demo", *args.argv]),
+                  "eval": {k: report[k] for k in ("settings", "geneval", "edit_accuracy", "reconstruction_accuracy") if k in report},
+                  "results": str(args.runs / "eval.json"), "published_by": published_by}
+    if previous is not None:  # keep the chain: every earlier model's record and command (docs/demo-and-ablations.md section 3)
+        provenance |= {"earlier_commands": [*previous.get("earlier_commands", []), *([previous["command"]] if "command" in previous else [])], "previous": previous}
+    publish(final, args.publish_to, provenance)
     print(f"published {final} to {args.publish_to}", flush=True)
     return True
 
