@@ -171,19 +171,25 @@ def evaluate_checkpoint(folder: Path, settings: EvalSettings, out: Path, device:
 
 
 def publish(checkpoint: Path, target: Path, provenance: dict) -> None:
-    """Copy a checkpoint folder to ``target`` with ``stage.json`` (how it was made), replacing it atomically."""
+    """Copy a checkpoint folder to ``target`` with ``stage.json`` (how it was made), replacing it atomically.
+
+    When ``target`` already holds a published model, the new ``stage.json`` keeps that model's whole record as
+    ``previous`` and every earlier command in ``earlier_commands``, so a published checkpoint carries its full
+    history (docs/demo-and-ablations.md section 3)."""
+    record = target / "stage.json"
+    if record.is_file():
+        previous = json.loads(record.read_text())
+        provenance = {**provenance, "earlier_commands": [*previous.get("earlier_commands", []), *([previous["command"]] if "command" in previous else [])],
+                      "previous": previous}
     tmp = target.with_name(f".{target.name}.publishing")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(checkpoint, tmp)
-    (tmp / "stage.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    (tmp / record.name).write_text(json.dumps(provenance, indent=2) + "\n")
     replace_directory(tmp, target)
 
 
 def evaluate_and_publish(final: Path, args: argparse.Namespace, processes: int, device: torch.device) -> bool:
-    """Score ``final``; publish it to ``args.publish_to`` if asked to and it beats what is there. Returns whether it did.
-
-    The new ``stage.json`` keeps the replaced model's whole record as ``previous`` and every earlier command in
-    ``earlier_commands``, so a published checkpoint carries its full history."""
+    """Score ``final``; publish it to ``args.publish_to`` if asked to and it beats what is there. Returns whether it did."""
     settings = eval_settings(args, n_edits=args.eval_edits)
     report = evaluate_checkpoint(final, settings, args.runs / "eval.json", device)
     print(f"held-out: GenEval overall {report['geneval']['overall']:.3f}, edit accuracy {report.get('edit_accuracy', {}).get('overall', 'n/a')}", flush=True)
@@ -192,22 +198,18 @@ def evaluate_and_publish(final: Path, args: argparse.Namespace, processes: int, 
     published_by = "train.make_demo --force-publish"
     if not args.force_publish and (args.publish_to / WEIGHTS_NAME).is_file():
         published = evaluate_checkpoint(args.publish_to, settings, args.runs / "eval-published.json", device)
-        if headline(report) <= headline(published):
-            print(f"not published: {headline(report):.3f} does not beat {args.publish_to}'s {headline(published):.3f} (--force-publish to publish anyway)", flush=True)
+        new, old = headline(report), headline(published)
+        if new <= old:
+            print(f"not published: {new:.3f} does not beat {args.publish_to}'s {old:.3f} (--force-publish to publish anyway)", flush=True)
             return False
-        published_by = f"train.make_demo: headline (GenEval + edits) / 2 = {headline(report):.3f} against {headline(published):.3f} for the model it replaced"
-    stage_file = args.publish_to / "stage.json"
-    previous = json.loads(stage_file.read_text()) if stage_file.is_file() else None
-    provenance = {"stages": dict(zip(STAGES, args.steps)), "batch": args.batch, "processes": processes, "lr": args.lr, "seed": args.seed,
-                  "replay_share": args.replay_share, "edit_distractors": args.edit_distractors, "caption_order": args.caption_order,
-                  "category_weights": args.category_weights, "position_colours": args.position_colours, "ema_decay": args.ema_decay,
-                  "dropped_prompt_keeps_image": args.dropped_prompt_keeps_image, "init_from": None if args.init_from is None else str(args.init_from),
-                  "command": " ".join(["python -m train.make_demo", *args.argv]),
-                  "eval": {k: report[k] for k in ("settings", "geneval", "edit_accuracy", "reconstruction_accuracy") if k in report},
-                  "results": str(args.runs / "eval.json"), "published_by": published_by}
-    if previous is not None:  # keep the chain: every earlier model's record and command (docs/demo-and-ablations.md section 3)
-        provenance |= {"earlier_commands": [*previous.get("earlier_commands", []), *([previous["command"]] if "command" in previous else [])], "previous": previous}
-    publish(final, args.publish_to, provenance)
+        published_by = f"train.make_demo: headline (GenEval + edits) / 2 = {new:.3f} against {old:.3f} for the model it replaced"
+    publish(final, args.publish_to, {"stages": dict(zip(STAGES, args.steps)), "batch": args.batch, "processes": processes, "lr": args.lr, "seed": args.seed,
+                                     "replay_share": args.replay_share, "edit_distractors": args.edit_distractors, "caption_order": args.caption_order,
+                                     "category_weights": args.category_weights, "position_colours": args.position_colours, "ema_decay": args.ema_decay,
+                                     "dropped_prompt_keeps_image": args.dropped_prompt_keeps_image, "init_from": None if args.init_from is None else str(args.init_from),
+                                     "command": " ".join(["python -m train.make_demo", *args.argv]),
+                                     "eval": {k: report[k] for k in ("settings", "geneval", "edit_accuracy", "reconstruction_accuracy") if k in report},
+                                     "results": str(args.runs / "eval.json"), "published_by": published_by})
     print(f"published {final} to {args.publish_to}", flush=True)
     return True
 
