@@ -1,0 +1,78 @@
+"""Average the weights of checkpoints of one architecture into a new checkpoint folder.
+
+Weight averaging of models fine-tuned from a shared start ("model soups", Wortsman et al., 2022) or of
+checkpoints along one run's path (stochastic weight averaging, Izmailov et al., 2018) often scores better
+than any one of them. The paper does not use it; it is a project tool (docs/demo-and-ablations.md section 3
+records where it was tried). Every floating-point tensor of the model (DiT, queries, connector, aligner, and
+the frozen MLLM and autoencoder, which must then be equal anyway) is the weighted mean of the inputs'; the
+result is written with :func:`hieraquery_core.checkpoint.save_checkpoint`, so it is atomic and embeds its
+backbones like any checkpoint.
+
+    python -m train.average_checkpoints runs/a/edit/final runs/b/edit/final --out runs/soup
+    python -m train.average_checkpoints A B --weights 0.25,0.75 --out runs/soup
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from hieraquery_core.checkpoint import load_checkpoint, save_checkpoint
+from hieraquery_core.errors import HieraQueryError, require
+from hieraquery_core.model import HieraQuery
+
+
+def parse_weights(text: str | None, n: int) -> list[float]:
+    """``"0.25,0.75"`` -> [0.25, 0.75]; equal weights when ``text`` is None. They must be >= 0 and sum to 1."""
+    if text is None:
+        return [1.0 / n] * n
+    try:
+        weights = [float(w) for w in text.split(",")]
+    except ValueError:
+        raise HieraQueryError(f"--weights {text!r} is not a comma-separated list of numbers; give one per checkpoint, e.g. 0.5,0.5") from None
+    require(len(weights) == n, f"--weights gives {len(weights)} numbers for {n} checkpoints; give one per checkpoint")
+    require(all(w >= 0 for w in weights) and abs(sum(weights) - 1.0) < 1e-6, f"--weights {text} must be >= 0 and sum to 1")
+    return weights
+
+
+@torch.no_grad()
+def average_models(models: list[HieraQuery], weights: list[float]) -> HieraQuery:
+    """The first model with every floating-point tensor replaced by the weighted mean of all the models' (in place)."""
+    states = [m.state_dict() for m in models]
+    first = states[0]
+    for i, state in enumerate(states[1:], start=2):
+        require(state.keys() == first.keys() and all(state[k].shape == first[k].shape for k in first),
+                f"checkpoint {i} does not have the first one's tensors (names or shapes differ); only checkpoints of one architecture can be averaged")
+    averaged = {k: sum(w * s[k] for w, s in zip(weights, states)) if v.is_floating_point() else v for k, v in first.items()}
+    models[0].load_state_dict(averaged)
+    return models[0]
+
+
+def average_checkpoints(folders: list[Path], out: Path, weights: list[float] | None = None) -> Path:
+    """Load ``folders``, average them (equal weights unless given) and save the result to ``out``."""
+    require(len(folders) >= 2, "give at least two checkpoint folders to average")
+    require(out.absolute() not in {f.absolute() for f in folders}, f"--out {out} is one of the inputs; write the average to a new folder")
+    weights = weights or [1.0 / len(folders)] * len(folders)
+    return save_checkpoint(average_models([load_checkpoint(f) for f in folders], weights), out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.average_checkpoints", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoints", nargs="+", type=Path, help="checkpoint folders of one architecture")
+    parser.add_argument("--out", type=Path, required=True, help="the folder to write the averaged checkpoint to")
+    parser.add_argument("--weights", help="comma-separated weights, one per checkpoint, summing to 1 (default: equal)")
+    args = parser.parse_args(argv)
+    try:
+        out = average_checkpoints(args.checkpoints, args.out, parse_weights(args.weights, len(args.checkpoints)))
+    except HieraQueryError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote the average of {len(args.checkpoints)} checkpoints to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
