@@ -50,6 +50,13 @@ def test_different_architectures_are_refused_and_nothing_is_written(two_checkpoi
     assert not (tmp_path / "out").exists()
 
 
+def test_checkpoints_on_different_frozen_mllms_are_refused(two_checkpoints, tmp_path):
+    save_checkpoint(make_model(seed=1), tmp_path / "other")
+    with pytest.raises(HieraQueryError, match="another frozen MLLM"):
+        average_checkpoints([two_checkpoints / "a", tmp_path / "other"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("text,match", [("0.5", "2 checkpoints"), ("0.7,0.7", "sum to 1"), ("a,b", "comma-separated"), ("-0.5,1.5", ">= 0")])
 def test_bad_weights_get_one_clear_error(text, match):
     with pytest.raises(HieraQueryError, match=match):

@@ -3,10 +3,10 @@
 Weight averaging of models fine-tuned from a shared start ("model soups", Wortsman et al., 2022) or of
 checkpoints along one run's path (stochastic weight averaging, Izmailov et al., 2018) often scores better
 than any one of them. The paper does not use it; it is a project tool (docs/demo-and-ablations.md section 3
-records where it was tried). Every floating-point tensor of the model (DiT, queries, connector, aligner, and
-the frozen MLLM and autoencoder, which must then be equal anyway) is the weighted mean of the inputs'; the
-result is written with :func:`hieraquery_core.checkpoint.save_checkpoint`, so it is atomic and embeds its
-backbones like any checkpoint.
+records where it was tried). Every trained floating-point tensor (DiT, queries, connector, aligner) is the
+weighted mean of the inputs'; the frozen MLLM and autoencoder (section 4.2) must be the same in every input,
+since an average of two different frozen backbones is neither. The result is written with
+:func:`hieraquery_core.checkpoint.save_checkpoint`, so it is atomic and embeds its backbones like any checkpoint.
 
     python -m train.average_checkpoints runs/a/edit/final runs/b/edit/final --out runs/soup
     python -m train.average_checkpoints A B --weights 0.25,0.75 --out runs/soup
@@ -25,6 +25,10 @@ from hieraquery_core.errors import HieraQueryError, require
 from hieraquery_core.model import HieraQuery
 
 
+FROZEN = {"mllm.": "MLLM", "codec.": "autoencoder"}
+"""The state-dict prefixes of the frozen backbones (section 4.2), which must be equal in every input and are never averaged."""
+
+
 def parse_weights(text: str | None, n: int) -> list[float]:
     """``"0.25,0.75"`` -> [0.25, 0.75]; equal weights when ``text`` is None. They must be >= 0 and sum to 1."""
     if text is None:
@@ -40,13 +44,16 @@ def parse_weights(text: str | None, n: int) -> list[float]:
 
 @torch.no_grad()
 def average_models(models: list[HieraQuery], weights: list[float]) -> HieraQuery:
-    """The first model with every floating-point tensor replaced by the weighted mean of all the models' (in place)."""
+    """The first model with every trained floating-point tensor replaced by the weighted mean of all the models' (in place)."""
     states = [m.state_dict() for m in models]
     first = states[0]
+    frozen = tuple(FROZEN)
     for i, state in enumerate(states[1:], start=2):
         require(state.keys() == first.keys() and all(state[k].shape == first[k].shape for k in first),
                 f"checkpoint {i} does not have the first one's tensors (names or shapes differ); only checkpoints of one architecture can be averaged")
-    averaged = {k: sum(w * s[k] for w, s in zip(weights, states)) if v.is_floating_point() else v for k, v in first.items()}
+        differing = sorted({name for prefix, name in FROZEN.items() for k in first if k.startswith(prefix) and not torch.equal(state[k], first[k])})
+        require(not differing, f"checkpoint {i} has another frozen {' and '.join(differing)} than the first; average only checkpoints trained on the same frozen backbones")
+    averaged = {k: sum(w * s[k] for w, s in zip(weights, states)) if v.is_floating_point() and not k.startswith(frozen) else v for k, v in first.items()}
     models[0].load_state_dict(averaged)
     return models[0]
 
