@@ -29,10 +29,8 @@ FROZEN = {"mllm.": "MLLM", "codec.": "autoencoder"}
 """The state-dict prefixes of the frozen backbones (section 4.2), which must be equal in every input and are never averaged."""
 
 
-def parse_weights(text: str | None, n: int) -> list[float]:
-    """``"0.25,0.75"`` -> [0.25, 0.75]; equal weights when ``text`` is None. They must be >= 0 and sum to 1."""
-    if text is None:
-        return [1.0 / n] * n
+def parse_weights(text: str, n: int) -> list[float]:
+    """``"0.25,0.75"`` -> [0.25, 0.75], one per checkpoint of ``n``. They must be >= 0 and sum to 1."""
     try:
         weights = [float(w) for w in text.split(",")]
     except ValueError:
@@ -73,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", help="comma-separated weights, one per checkpoint, summing to 1 (default: equal)")
     args = parser.parse_args(argv)
     try:
-        out = average_checkpoints(args.checkpoints, args.out, parse_weights(args.weights, len(args.checkpoints)))
+        weights = None if args.weights is None else parse_weights(args.weights, len(args.checkpoints))
+        out = average_checkpoints(args.checkpoints, args.out, weights)
     except HieraQueryError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
