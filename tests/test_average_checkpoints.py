@@ -5,7 +5,7 @@ import torch
 
 from hieraquery_core.checkpoint import load_checkpoint, save_checkpoint
 from hieraquery_core.errors import HieraQueryError
-from train.average_checkpoints import average_checkpoints, main, parse_weights
+from train.average_checkpoints import average_checkpoints, check_weights, main, parse_weights
 
 from tiny_models import make_model
 
@@ -60,7 +60,14 @@ def test_checkpoints_on_different_frozen_mllms_are_refused(two_checkpoints, tmp_
 @pytest.mark.parametrize("text,match", [("0.5", "2 checkpoints"), ("0.7,0.7", "sum to 1"), ("a,b", "comma-separated"), ("-0.5,1.5", ">= 0")])
 def test_bad_weights_get_one_clear_error(text, match):
     with pytest.raises(HieraQueryError, match=match):
-        parse_weights(text, 2)
+        check_weights(parse_weights(text), 2)
+
+
+def test_bad_weights_from_python_are_refused_before_anything_is_loaded_or_written(tmp_path):
+    missing = [tmp_path / "not-a-checkpoint-a", tmp_path / "not-a-checkpoint-b"]
+    with pytest.raises(HieraQueryError, match="sum to 1"):
+        average_checkpoints(missing, tmp_path / "out", weights=[1.0, 1.0])
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_command_refuses_to_overwrite_an_input(two_checkpoints, capsys):

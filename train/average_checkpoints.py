@@ -29,15 +29,19 @@ FROZEN = {"mllm.": "MLLM", "codec.": "autoencoder"}
 """The state-dict prefixes of the frozen backbones (section 4.2), which must be equal in every input and are never averaged."""
 
 
-def parse_weights(text: str, n: int) -> list[float]:
-    """``"0.25,0.75"`` -> [0.25, 0.75], one per checkpoint of ``n``. They must be >= 0 and sum to 1."""
+def parse_weights(text: str) -> list[float]:
+    """``"0.25,0.75"`` -> [0.25, 0.75] (checked by :func:`check_weights` when averaging)."""
     try:
-        weights = [float(w) for w in text.split(",")]
+        return [float(w) for w in text.split(",")]
     except ValueError:
         raise HieraQueryError(f"--weights {text!r} is not a comma-separated list of numbers; give one per checkpoint, e.g. 0.5,0.5") from None
-    require(len(weights) == n, f"--weights gives {len(weights)} numbers for {n} checkpoints; give one per checkpoint")
-    require(all(w >= 0 for w in weights) and abs(sum(weights) - 1.0) < 1e-6, f"--weights {text} must be >= 0 and sum to 1")
-    return weights
+
+
+def check_weights(weights: list[float], n: int) -> None:
+    """One weight per checkpoint of ``n``, each >= 0, summing to 1 (a weighted mean, not a sum)."""
+    require(len(weights) == n, f"the weights give {len(weights)} numbers for {n} checkpoints; give one per checkpoint")
+    require(all(w >= 0 for w in weights) and abs(sum(weights) - 1.0) < 1e-6,
+            f"the weights {','.join(f'{w:g}' for w in weights)} must be >= 0 and sum to 1")
 
 
 @torch.no_grad()
@@ -60,7 +64,8 @@ def average_checkpoints(folders: list[Path], out: Path, weights: list[float] | N
     """Load ``folders``, average them (equal weights unless given) and save the result to ``out``."""
     require(len(folders) >= 2, "give at least two checkpoint folders to average")
     require(out.absolute() not in {f.absolute() for f in folders}, f"--out {out} is one of the inputs; write the average to a new folder")
-    weights = weights or [1.0 / len(folders)] * len(folders)
+    weights = [1.0 / len(folders)] * len(folders) if weights is None else list(weights)
+    check_weights(weights, len(folders))
     return save_checkpoint(average_models([load_checkpoint(f) for f in folders], weights), out)
 
 
@@ -71,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", help="comma-separated weights, one per checkpoint, summing to 1 (default: equal)")
     args = parser.parse_args(argv)
     try:
-        weights = None if args.weights is None else parse_weights(args.weights, len(args.checkpoints))
+        weights = None if args.weights is None else parse_weights(args.weights)
         out = average_checkpoints(args.checkpoints, args.out, weights)
     except HieraQueryError as error:
         print(f"error: {error}", file=sys.stderr)
