@@ -35,6 +35,8 @@ from .model import HieraQuery
 
 WEIGHTS_NAME = "hieraquery.safetensors"
 CONFIG_NAME = "config.json"
+STAGE_NAME = "stage.json"
+"""How a published checkpoint was made (its commands and held-out scores; ``train.make_demo.publish`` writes it, the CLI banner reads it)."""
 OWN_PREFIXES = ("queries.", "connector.", "aligner.")
 
 

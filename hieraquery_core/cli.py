@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .checkpoint import BUNDLED_DEMO_SAMPLING, BUNDLED_DEMO_SEED, bundled_demo, load_checkpoint
+from .checkpoint import BUNDLED_DEMO_SAMPLING, BUNDLED_DEMO_SEED, STAGE_NAME, bundled_demo, load_checkpoint
 from .errors import HieraQueryError, require
 from .images import as_pixels, to_pil
 from .model import HieraQuery
@@ -26,7 +26,7 @@ from .tiny import tiny_config
 
 def provenance(folder: Path) -> str:
     """How a published checkpoint was made, from its stage.json: its held-out scores, or its note."""
-    stage = folder / "stage.json"
+    stage = folder / STAGE_NAME
     if not stage.is_file():
         return ""
     info = json.loads(stage.read_text())

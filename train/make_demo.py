@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hieraquery_core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint, replace_directory
+from hieraquery_core.checkpoint import CONFIG_NAME, STAGE_NAME, WEIGHTS_NAME, load_checkpoint, replace_directory
 from hieraquery_core.config import HieraQueryConfig
 from hieraquery_core.errors import HieraQueryError
 from train import shapesworld_mllm, shapesworld_vae
@@ -176,7 +176,7 @@ def publish(checkpoint: Path, target: Path, provenance: dict) -> None:
     When ``target`` already holds a published model, the new ``stage.json`` keeps that model's whole record as
     ``previous`` and every earlier command in ``earlier_commands``, so a published checkpoint carries its full
     history (docs/demo-and-ablations.md section 3)."""
-    record = target / "stage.json"
+    record = target / STAGE_NAME
     if record.is_file():
         previous = json.loads(record.read_text())
         provenance = {**provenance, "earlier_commands": [*previous.get("earlier_commands", []), *([previous["command"]] if "command" in previous else [])],
