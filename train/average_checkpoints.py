@@ -22,7 +22,6 @@ import torch
 
 from hieraquery_core.checkpoint import load_checkpoint, save_checkpoint
 from hieraquery_core.errors import HieraQueryError, require
-from hieraquery_core.model import HieraQuery
 
 
 FROZEN = {"mllm.": "MLLM", "codec.": "autoencoder"}
@@ -44,29 +43,35 @@ def check_weights(weights: list[float], n: int) -> None:
             f"the weights {','.join(f'{w:g}' for w in weights)} must be >= 0 and sum to 1")
 
 
+def check_compatible(first: dict[str, torch.Tensor], state: dict[str, torch.Tensor], i: int) -> None:
+    """Checkpoint ``i``'s ``state`` has the first one's tensor names and shapes and its frozen backbones, tensor for tensor."""
+    require(state.keys() == first.keys() and all(state[k].shape == first[k].shape for k in first),
+            f"checkpoint {i} does not have the first one's tensors (names or shapes differ); only checkpoints of one architecture can be averaged")
+    differing = sorted({name for prefix, name in FROZEN.items() for k in first if k.startswith(prefix) and not torch.equal(state[k], first[k])})
+    require(not differing, f"checkpoint {i} has another frozen {' and '.join(differing)} than the first; average only checkpoints trained on the same frozen backbones")
+
+
 @torch.no_grad()
-def average_models(models: list[HieraQuery], weights: list[float]) -> HieraQuery:
-    """The first model with every trained floating-point tensor replaced by the weighted mean of all the models' (in place)."""
-    states = [m.state_dict() for m in models]
-    first = states[0]
-    frozen = tuple(FROZEN)
-    for i, state in enumerate(states[1:], start=2):
-        require(state.keys() == first.keys() and all(state[k].shape == first[k].shape for k in first),
-                f"checkpoint {i} does not have the first one's tensors (names or shapes differ); only checkpoints of one architecture can be averaged")
-        differing = sorted({name for prefix, name in FROZEN.items() for k in first if k.startswith(prefix) and not torch.equal(state[k], first[k])})
-        require(not differing, f"checkpoint {i} has another frozen {' and '.join(differing)} than the first; average only checkpoints trained on the same frozen backbones")
-    averaged = {k: sum(w * s[k] for w, s in zip(weights, states)) if v.is_floating_point() and not k.startswith(frozen) else v for k, v in first.items()}
-    models[0].load_state_dict(averaged)
-    return models[0]
-
-
 def average_checkpoints(folders: list[Path], out: Path, weights: list[float] | None = None) -> Path:
-    """Load ``folders``, average them (equal weights unless given) and save the result to ``out``."""
+    """Load ``folders``, average them (equal weights unless given) and save the result to ``out``.
+
+    The checkpoints are read one at a time into a running weighted sum of the trained tensors, so at most two
+    checkpoints (each embedding its frozen MLLM) are loaded at once, whatever their number."""
     require(len(folders) >= 2, "give at least two checkpoint folders to average")
     require(out.absolute() not in {f.absolute() for f in folders}, f"--out {out} is one of the inputs; write the average to a new folder")
     weights = [1.0 / len(folders)] * len(folders) if weights is None else list(weights)
     check_weights(weights, len(folders))
-    return save_checkpoint(average_models([load_checkpoint(f) for f in folders], weights), out)
+    model = load_checkpoint(folders[0])
+    first = model.state_dict()
+    averaged = {k: weights[0] * v for k, v in first.items() if v.is_floating_point() and not k.startswith(tuple(FROZEN))}
+    for i, (folder, weight) in enumerate(zip(folders[1:], weights[1:]), start=2):
+        state = load_checkpoint(folder).state_dict()
+        check_compatible(first, state, i)
+        for k, total in averaged.items():
+            total.add_(state[k], alpha=weight)
+        del state  # before the next one is loaded
+    model.load_state_dict({**first, **averaged})
+    return save_checkpoint(model, out)
 
 
 def main(argv: list[str] | None = None) -> int:
