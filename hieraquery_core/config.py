@@ -126,6 +126,10 @@ class HieraQueryConfig:
     """Project extension (None, off: each scale paints from its queries alone, as in the paper): the DiT also reads
     the previous scale's image, its training copies noised up to this level (``HieraQuery.read_coarse``,
     docs/design.md "Finer scales that read the coarser image")."""
+    plan: dict[str, list[str]] = field(default_factory=dict)
+    """Project extension ({}, off: the prompt is encoded as given, as in the paper): questions the frozen MLLM answers
+    about a text-to-image prompt before it is encoded, each keyed to the words that ask it; the questions and answers
+    join the prompt (:mod:`hieraquery_core.plan`, docs/design.md "Reason, then paint")."""
     timestep_sampling: str = "logit_normal"
     timestep_logit_mean: float = 0.0
     timestep_logit_std: float = 1.0
@@ -151,6 +155,10 @@ class HieraQueryConfig:
         require(self.prompt_tokens >= 0, f"prompt_tokens is {self.prompt_tokens}; give 0 (query states only) or a positive number of prompt positions")
         require(self.coarse_input_noise is None or 0.0 <= self.coarse_input_noise < 1.0,
                 f"coarse_input_noise is {self.coarse_input_noise}; it must be in [0, 1) (or null: the DiT does not read the previous scale)")
+        require(isinstance(self.plan, dict) and all(isinstance(q, str) and q.strip() and isinstance(w, (list, tuple)) and w and all(isinstance(t, str) and t.strip() for t in w)
+                                                    for q, w in self.plan.items()),
+                f"plan is {self.plan!r}; give a mapping from each question to the words that ask it, e.g. {{'what is to the left': ['left', 'right']}}")
+        self.plan = {q: list(w) for q, w in self.plan.items()}
         require(self.timestep_logit_std > 0, f"timestep_logit_std is {self.timestep_logit_std}; it must be positive (SD3 uses 1.0)")
 
     @property

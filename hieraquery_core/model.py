@@ -41,6 +41,7 @@ from .flow_matching import flow_matching_loss, noisy_latents, sample_sigmas
 from .images import resize, to_signed
 from .latent_codec import LatentCodec
 from .mllm import FrozenMLLM, ImageList
+from .plan import planned_prompts
 from .queries import MultiScaleQueries
 
 
@@ -237,11 +238,21 @@ class HieraQuery(nn.Module):
 
     def encode(self, prompts: list[str], images: ImageList | None = None) -> list[torch.Tensor]:
         """Eq. 3-4: the MLLM's hidden states at each scale's query positions, [B, N_k, d] per scale; with
-        ``config.prompt_tokens`` = P, the states of the prompt's last P positions before each scale's, [B, P + N_k, d]."""
+        ``config.prompt_tokens`` = P, the states of the prompt's last P positions before each scale's, [B, P + N_k, d];
+        with ``config.plan``, of the planned prompts (:meth:`plan`)."""
         require(len(prompts) > 0, "no prompt was given")
+        prompts = self.plan(prompts, images)
         count = self.config.prompt_tokens
         hidden = self.mllm(self.queries(), prompts, images, count).to(self.dtype)
         return [torch.cat([hidden[:, :count], states], dim=1) for states in self.queries.split(hidden[:, count:])]
+
+    def plan(self, prompts: list[str], images: ImageList | None = None) -> list[str]:
+        """The prompts as :meth:`encode` reads them: with ``config.plan``, each one without an input image followed by
+        the MLLM's answers to the questions it asks (:mod:`.plan`); otherwise unchanged."""
+        if not self.config.plan:
+            return list(prompts)
+        asks = None if images is None else [not imgs for imgs in images]
+        return planned_prompts(self.mllm, prompts, self.config.plan, asks)
 
     def condition(self, states: list[torch.Tensor]) -> list[ScaleCondition]:
         """Eq. 5's g_theta(H): per-scale DiT conditions."""

@@ -49,6 +49,8 @@ class QueryStates:
     image_only: list[torch.Tensor] | None = None
     source_images: torch.Tensor | None = None
     """The input images [B, 3, H, W] in [0, 1] when editing (a DiT that reads them gets their latents too)."""
+    prompts: list[str] | None = None
+    """The prompts as the MLLM read them: with ``HieraQueryConfig.plan``, followed by its answers (:meth:`HieraQuery.plan`)."""
 
     @property
     def batch_size(self) -> int:
@@ -147,14 +149,15 @@ class HieraQueryPipeline:
             require(pixels.shape[0] == len(prompts), f"got {pixels.shape[0]} images for {len(prompts)} prompts; give one image per prompt, or one for all")
             image_lists = [[img] for img in pixels]
         model = self.model
+        prompts = model.plan(prompts, image_lists)
         cond = model.encode(prompts, image_lists)
         if not guidance:
-            return QueryStates(cond, source_images=pixels)
+            return QueryStates(cond, source_images=pixels, prompts=prompts)
         empty = [""] * len(prompts)
         if image_lists is None:
-            return QueryStates(cond, uncond=model.encode(empty))
+            return QueryStates(cond, uncond=model.encode(empty), prompts=prompts)
         black = [[torch.zeros_like(imgs[0])] for imgs in image_lists]
-        return QueryStates(cond, uncond=model.encode(empty, black), image_only=model.encode(empty, image_lists), source_images=pixels)
+        return QueryStates(cond, uncond=model.encode(empty, black), image_only=model.encode(empty, image_lists), source_images=pixels, prompts=prompts)
 
     @torch.no_grad()
     def connect(self, states: QueryStates) -> EncodedPrompt:

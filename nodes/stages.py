@@ -33,12 +33,16 @@ class HieraQueryQueryEncode(io.ComfyNode):
                                 tooltip="What to paint or, with an input image, the change to make (e.g. 'make the red circle green')."),
                 image_input("Optional: the image to edit. Leave unconnected for text to image.", optional=True),
             ],
-            outputs=[HQQueryStates.Output(display_name="query_states", tooltip="Per-scale query states, for a HieraQuery Connector.")],
+            outputs=[HQQueryStates.Output(display_name="query_states", tooltip="Per-scale query states, for a HieraQuery Connector."),
+                     io.String.Output(display_name="encoded_prompt",
+                                      tooltip="The prompt as the MLLM read it: for a checkpoint that plans (docs/design.md, 'Reason, then paint'), "
+                                              "followed by the MLLM's answers about the layout; otherwise the prompt itself.")],
         )
 
     @classmethod
     def execute(cls, model, prompt: str, image=None) -> io.NodeOutput:
-        return io.NodeOutput(jobs.encode_queries(model, prompt, image))
+        states = jobs.encode_queries(model, prompt, image)
+        return io.NodeOutput(states, states.states.prompts[0])
 
 
 class HieraQueryConnector(io.ComfyNode):

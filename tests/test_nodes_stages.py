@@ -26,6 +26,20 @@ def test_query_states_hold_every_scale_and_the_empty_prompt_branch(loaded):
     assert [tuple(s.shape) for s in value.states.cond] == [(1, 16, hidden), (1, 64, hidden), (1, 256, hidden)]
     assert value.states.uncond is not None and value.states.image_only is None
     assert value.source == "tiny" and value.image_size is None
+    assert value.states.prompts == ["a red circle"]  # the prompt as the MLLM read it: this checkpoint does not plan
+
+
+def test_a_checkpoint_that_plans_encodes_the_prompt_with_the_mllms_answer(loaded):
+    model = loaded.pipeline.model
+    plain = model.config
+    try:
+        model.config = dataclasses.replace(plain, plan={"what is to the left": ["left", "right"]})
+        value = jobs.encode_queries(loaded, "a circle to the right of a square")
+        (read,) = value.states.prompts
+        assert read.startswith("a circle to the right of a square . what is to the left ") and read == model.plan(["a circle to the right of a square"])[0]
+        assert jobs.encode_queries(loaded, "a red circle").states.prompts == ["a red circle"]
+    finally:
+        model.config = plain
 
 
 def test_the_stages_scale_by_scale_reproduce_one_node_generate(loaded, conditions):

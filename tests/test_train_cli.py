@@ -81,17 +81,22 @@ def test_command_line_errors_are_one_line(data, capsys):
 def test_config_flags_override_the_model_config_and_must_match_on_resume(data, capsys):
     common = ["--stage", "t2i", "--init-from", str(data / "t2i"), "--data", str(data / "pairs.jsonl"), "--out", str(data / "noise"), "--batch-size", "2", "--no-progress"]
     assert main([*common, "--steps", "2", "--save-every", "1", "--timestep-logit-mean", "1.5", "--timestep-logit-std", "0.5", "--dropped-prompt-keeps-image",
-                 "--prompt-tokens", "4"]) == 0
+                 "--prompt-tokens", "4", "--plan", "what is to the left=left,right"]) == 0
     config = load_checkpoint(data / "noise" / "final").config
     assert (config.timestep_logit_mean, config.timestep_logit_std, config.dropped_prompt_keeps_image, config.prompt_tokens) == (1.5, 0.5, True, 4)
+    assert config.plan == {"what is to the left": ["left", "right"]}
     source = HieraQueryConfig.load(data / "t2i" / "final" / "config.json")
     assert (source.timestep_logit_mean, source.dropped_prompt_keeps_image) == (0.0, False)  # the source is untouched
     capsys.readouterr()
-    assert main([*common, "--steps", "3", "--resume", "--timestep-logit-mean", "1.5", "--timestep-logit-std", "0.5", "--prompt-tokens", "4"]) == 2
+    assert main([*common, "--steps", "3", "--resume", "--timestep-logit-mean", "1.5", "--timestep-logit-std", "0.5", "--prompt-tokens", "4",
+                 "--plan", "what is to the left=left,right"]) == 2
     assert "dropped_prompt_keeps_image: checkpoint True vs this run False" in capsys.readouterr().err
     assert main([*common, "--steps", "3", "--resume", "--timestep-logit-mean", "0.5", "--timestep-logit-std", "0.5", "--dropped-prompt-keeps-image"]) == 2
     err = capsys.readouterr().err
     assert "timestep_logit_mean: checkpoint 1.5 vs this run 0.5" in err and "prompt_tokens: checkpoint 4 vs this run 0" in err
+    assert "plan: checkpoint {'what is to the left': ['left', 'right']} vs this run {}" in err
+    assert main([*common, "--steps", "1", "--plan", "what is to the left"]) == 2
+    assert "plan entry 'what is to the left' is not QUESTION=WORD" in capsys.readouterr().err
     assert main([*common, "--steps", "1", "--timestep-logit-std", "0"]) == 2
     assert "--timestep-logit-std 0.0 must be positive" in capsys.readouterr().err
 

@@ -88,7 +88,8 @@ def stage_config(stage: str, out: Path, steps: int, batch: int, lr: float, seed:
                  config: HieraQueryConfig | None = None, init_from: Path | None = None, resume: bool = False, replay_share: float = 0.0,
                  ema_decay: float = 0.0, mllm: Path | None = None, read_source: bool = False, dit_blocks: int | None = None, softmax_new_blocks: bool = False,
                  dropped_prompt_keeps_image: bool | None = None, edit_distractors: float = 0.0, caption_order: bool = False,
-                 category_weights: str = "", position_colours: float = 0.0, coarse_input: float | None = None, prompt_tokens: int | None = None) -> TrainConfig:
+                 category_weights: str = "", position_colours: float = 0.0, coarse_input: float | None = None, prompt_tokens: int | None = None,
+                 plan: str | None = None) -> TrainConfig:
     """The trainer settings of one ShapesWorld stage with the demo recipe (see the module docstring);
     ``replay_share`` applies to the reconstruction and edit stages only; ``mllm`` replaces ``init_from``'s MLLM;
     ``read_source`` widens the DiT to read the input image's latents; ``dit_blocks`` grows it to that many blocks
@@ -98,7 +99,7 @@ def stage_config(stage: str, out: Path, steps: int, batch: int, lr: float, seed:
     categories and ``position_colours`` colours that share of their position prompts (all three: every stage's
     text-to-image samples, replayed ones too);
     ``coarse_input`` lets the DiT read the previous scale's image (``HieraQuery.read_coarse``, that training noise);
-    ``prompt_tokens`` sets the model config's field of that name (None: as it is)."""
+    ``prompt_tokens`` and ``plan`` set the model config's fields of those names (None: as they are)."""
     return TrainConfig(stage=stage, out=str(out), config=config, init_from=None if init_from is None else str(init_from),
                        mllm=None if mllm is None else str(mllm), read_source=read_source, dit_blocks=dit_blocks, softmax_new_blocks=softmax_new_blocks, data="shapesworld",
                        steps=steps, batch_size=batch, lr=lr, min_lr=lr * MIN_LR_FRACTION, warmup=warmup_steps(steps), weight_decay=0.0,
@@ -106,7 +107,7 @@ def stage_config(stage: str, out: Path, steps: int, batch: int, lr: float, seed:
                        replay_share=0.0 if stage == "t2i" else replay_share, ema_decay=ema_decay,
                        dropped_prompt_keeps_image=dropped_prompt_keeps_image, edit_distractors=edit_distractors if stage == "edit" else 0.0,
                        caption_order=caption_order, category_weights=category_weights, position_colours=position_colours, coarse_input=coarse_input,
-                       prompt_tokens=prompt_tokens)
+                       prompt_tokens=prompt_tokens, plan=plan)
 
 
 def launch_state():
@@ -150,7 +151,7 @@ def train_stages(args: argparse.Namespace, config: HieraQueryConfig, state) -> P
                                dropped_prompt_keeps_image=args.dropped_prompt_keeps_image, edit_distractors=args.edit_distractors,
                                caption_order=args.caption_order, category_weights=args.category_weights, position_colours=args.position_colours,
                                coarse_input=args.coarse_input,
-                               prompt_tokens=args.prompt_tokens)
+                               prompt_tokens=args.prompt_tokens, plan=args.plan)
             train(cfg)
         previous, mllm = out, None
     return None if previous is None else previous / "final"
@@ -291,6 +292,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="widen the DiT to also read the previous scale's image, its training copies noised up to NOISE (train.train's flag; docs/design.md)")
     parser.add_argument("--prompt-tokens", type=int, default=None, metavar="P",
                         help="the DiT also reads the MLLM's states at the prompt's last P positions (train.train's flag; docs/design.md)")
+    parser.add_argument("--plan", default=None, metavar="QUESTION=WORD,...;...",
+                        help="the frozen MLLM answers each QUESTION about a prompt containing one of its WORDs before it is encoded (train.train's flag; docs/design.md)")
     parser.add_argument("--dropped-prompt-keeps-image", action="store_true", default=None,
                         help="an instruction dropped for guidance keeps the input image as the target (the image-only branch learns reconstruction; docs/design.md)")
     parser.add_argument("--caption-order", action="store_true",

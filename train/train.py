@@ -51,6 +51,7 @@ from hieraquery_core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoin
 from hieraquery_core.config import HieraQueryConfig
 from hieraquery_core.errors import HieraQueryError, require
 from hieraquery_core.model import HieraQuery, TrainingBatch, deepened
+from hieraquery_core.plan import parse_plan
 
 from . import state as st
 from .data import (MAX_ASPECT_RATIO, MAX_WATERMARK_SCORE, MIN_CLIP_SCORE, STAGES, BucketBatchSampler, FileDataset, ReplayMix, SampleDataset,
@@ -118,6 +119,9 @@ class TrainConfig:
     dropped_prompt_keeps_image: bool | None = None
     prompt_tokens: int | None = None
     """Set the model config's ``prompt_tokens`` (the DiT also reads the prompt's own last states; None: as it is)."""
+    plan: str | None = None
+    """Set the model config's ``plan`` (``"QUESTION=WORD,WORD;..."``, :func:`hieraquery_core.plan.parse_plan`; "" clears
+    it; None: as it is): the frozen MLLM answers those questions about a prompt before it is encoded."""
     buckets: bool = True
     image_size: int | None = None
     max_aspect: float = MAX_ASPECT_RATIO
@@ -148,14 +152,17 @@ class TrainConfig:
             weighted_categories(self.category_weights)  # one clear error for a malformed list, before anything runs
         require(self.edit_distractors == 0 or (self.stage == "edit" and self.data == "shapesworld"),
                 "--edit-distractors shapes ShapesWorld's edit triplets; it needs --stage edit and --data shapesworld")
+        if self.plan:
+            parse_plan(self.plan)  # one clear error for a malformed plan, before anything runs
         require(0 <= self.ema_decay < 1, f"--ema-decay {self.ema_decay} must be in [0, 1) (0: no moving average; 0.999 is usual)")
         require(self.timestep_logit_std is None or self.timestep_logit_std > 0, f"--timestep-logit-std {self.timestep_logit_std} must be positive (SD3 uses 1.0)")
 
     def config_overrides(self) -> dict[str, Any]:
         """The model-config fields that --timestep-logit-mean, --timestep-logit-std, --dropped-prompt-keeps-image and
-        --prompt-tokens replace (those given)."""
+        --prompt-tokens and --plan replace (those given)."""
         given = {"timestep_logit_mean": self.timestep_logit_mean, "timestep_logit_std": self.timestep_logit_std,
-                 "dropped_prompt_keeps_image": self.dropped_prompt_keeps_image, "prompt_tokens": self.prompt_tokens}
+                 "dropped_prompt_keeps_image": self.dropped_prompt_keeps_image, "prompt_tokens": self.prompt_tokens,
+                 "plan": None if self.plan is None else parse_plan(self.plan)}
         return {k: v for k, v in given.items() if v is not None}
 
 
@@ -229,7 +236,7 @@ def later_settings_defaults() -> dict[str, Any]:
 
 
 COMPARED = ("scales", "image_size", "alignment", "timestep_sampling", "timestep_logit_mean", "timestep_logit_std", "prompt_dropout", "image_dropout",
-            "dropped_prompt_keeps_image", "prompt_tokens", "coarse_input_noise")
+            "dropped_prompt_keeps_image", "prompt_tokens", "coarse_input_noise", "plan")
 
 
 def architecture(config: HieraQueryConfig) -> dict[str, Any]:
@@ -849,6 +856,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-tokens", type=int, metavar="P",
                    help="the DiT also reads the MLLM's states at the prompt's last P positions, before each scale's query states "
                         "(a project extension, docs/design.md; saved in the model config; default: the config's, 0 = the paper's queries alone)")
+    p.add_argument("--plan", metavar="QUESTION=WORD,...;...",
+                   help="the frozen MLLM answers each QUESTION about a prompt containing one of its WORDs, and the answers join the prompt "
+                        "(a project extension, docs/design.md \"Reason, then paint\"; saved in the model config; '' clears it; default: the config's, none)")
     p.add_argument("--no-buckets", dest="buckets", action="store_false", help="square image_size crops instead of aspect-ratio buckets")
     p.add_argument("--image-size", type=int, help="bucket area image_size^2 (default: the model's config.image_size)")
     p.add_argument("--max-aspect", type=float, default=d.max_aspect)

@@ -11,7 +11,7 @@ from hq_checkpoints import DEMO_NAME, TINY_NAME
 NODES = {
     # node id: (required inputs in order, optional inputs, output types, output names)
     "HieraQueryLoader": (["ckpt_name", "device", "dtype", "memory"], [], ["HIERAQUERY_MODEL"], ["model"]),
-    "HieraQueryQueryEncode": (["model", "prompt"], ["image"], ["HQ_QUERY_STATES"], ["query_states"]),
+    "HieraQueryQueryEncode": (["model", "prompt"], ["image"], ["HQ_QUERY_STATES", "STRING"], ["query_states", "encoded_prompt"]),
     "HieraQueryConnector": (["model", "query_states"], [], ["HQ_CONDITIONS"], ["conditions"]),
     "HieraQueryScaleSampler": (
         ["model", "conditions", "scale", "seed", "steps", "guidance", "image_guidance", "width", "height", "batch_size", "refine_strength"],
