@@ -1,5 +1,7 @@
 """The command line: every scale written as PNG, clear errors with exit code 2."""
 
+import dataclasses
+
 from PIL import Image
 
 from hieraquery_core.checkpoint import save_checkpoint
@@ -19,7 +21,12 @@ def test_generate_edit_describe_write_every_scale(tmp_path, capsys):
     assert len(list(out.glob("edit_s*.png"))) == 3
     assert main(["describe", "--checkpoint", str(ckpt), "--image", str(out / "edit_s2_32x32_0.png")]) == 0
     printed = capsys.readouterr().out
-    assert f"model: checkpoint {ckpt}" in printed
+    assert f"model: checkpoint {ckpt}" in printed and "as the MLLM read it" not in printed
+    model = make_model()
+    model.config = dataclasses.replace(model.config, plan={"what is to the left": ["left", "right"]})
+    planning = save_checkpoint(model, tmp_path / "planning")
+    assert main(["generate", "--checkpoint", str(planning), "--prompt", "a circle to the right of a square", "--steps", "1", "--out", str(out)]) == 0
+    assert "prompt as the MLLM read it: 'a circle to the right of a square . what is to the left " in capsys.readouterr().out
 
 
 def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
