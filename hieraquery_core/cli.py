@@ -97,7 +97,7 @@ def run_generate(pipeline: HieraQueryPipeline, args: argparse.Namespace, name: s
     bar, callback = progress(pipeline, options, "text-to-image")
     with bar:
         output = pipeline.generate(args.prompt, seed=args.seed, options=options, callback=callback)
-    read = pipeline.model.plan([args.prompt])[0]
+    read = output.prompts[0]
     if read != args.prompt:  # a checkpoint that plans (docs/design.md, "Reason, then paint"): what the MLLM answered
         print(f"prompt as the MLLM read it: {read!r}")
     for path in write_scales(output, Path(args.out), name):

@@ -240,8 +240,11 @@ class HieraQuery(nn.Module):
         """Eq. 3-4: the MLLM's hidden states at each scale's query positions, [B, N_k, d] per scale; with
         ``config.prompt_tokens`` = P, the states of the prompt's last P positions before each scale's, [B, P + N_k, d];
         with ``config.plan``, of the planned prompts (:meth:`plan`)."""
+        return self.encode_read(self.plan(prompts, images), images)
+
+    def encode_read(self, prompts: list[str], images: ImageList | None = None) -> list[torch.Tensor]:
+        """:meth:`encode` of prompts exactly as given, already planned (the pipeline plans once and keeps the result)."""
         require(len(prompts) > 0, "no prompt was given")
-        prompts = self.plan(prompts, images)
         count = self.config.prompt_tokens
         hidden = self.mllm(self.queries(), prompts, images, count).to(self.dtype)
         return [torch.cat([hidden[:, :count], states], dim=1) for states in self.queries.split(hidden[:, count:])]

@@ -66,6 +66,8 @@ class EncodedPrompt:
     image_only: list[ScaleCondition] | None = None
     source_images: torch.Tensor | None = None
     """As :attr:`QueryStates.source_images`."""
+    prompts: list[str] | None = None
+    """As :attr:`QueryStates.prompts`."""
 
     @property
     def batch_size(self) -> int:
@@ -115,6 +117,8 @@ class PipelineOutput:
     """The images of every scale, coarse to fine, [B, 3, h_k, w_k] in [0, 1] (the last is the result)."""
 
     images: list[torch.Tensor] = field(default_factory=list)
+    prompts: list[str] | None = None
+    """The prompts as the MLLM read them (:attr:`QueryStates.prompts`), when the conditions record them."""
 
     @property
     def final(self) -> torch.Tensor:
@@ -150,7 +154,7 @@ class HieraQueryPipeline:
             image_lists = [[img] for img in pixels]
         model = self.model
         prompts = model.plan(prompts, image_lists)
-        cond = model.encode(prompts, image_lists)
+        cond = model.encode_read(prompts, image_lists)
         if not guidance:
             return QueryStates(cond, source_images=pixels, prompts=prompts)
         empty = [""] * len(prompts)
@@ -169,6 +173,7 @@ class HieraQueryPipeline:
             uncond=condition(states.uncond) if states.uncond is not None else None,
             image_only=condition(states.image_only) if states.image_only is not None else None,
             source_images=states.source_images,
+            prompts=states.prompts,
         )
 
     def _branches(self, encoded: EncodedPrompt, k: int, guidance: float, image_guidance: float) -> tuple[list[ScaleCondition], list[torch.Tensor | None], Callable[[list[torch.Tensor]], torch.Tensor]]:
@@ -267,7 +272,7 @@ class HieraQueryPipeline:
         sizes = self.model.scale_sizes(options.height, options.width)
         if options.mode == "ming":
             sizes = [sizes[-1]] * len(sizes)
-        out = PipelineOutput()
+        out = PipelineOutput(prompts=encoded.prompts)
         for k, size in enumerate(sizes):
             previous = out.images[-1] if out.images and options.mode == "cascade" else None
             out.images.append(

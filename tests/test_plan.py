@@ -73,7 +73,9 @@ def test_only_prompts_without_an_input_image_are_planned_and_training_sampling_a
     loss.total.backward()
     assert model.queries.start.grad is not None
     options = SamplingOptions(steps=2, guidance=3.0)
-    picture = HieraQueryPipeline(model).generate(prompts[:1], seed=1, options=options).final
+    output = HieraQueryPipeline(model).generate(prompts[:1], seed=1, options=options)
+    picture = output.final
+    assert output.prompts == model.plan(prompts[:1])  # the prompts as the MLLM read them come back with the images
     loaded = load_checkpoint(save_checkpoint(model, tmp_path / "ckpt"))
     assert loaded.config.plan == {LEFT: ["left", "right"], ABOVE: ["above", "below"]}
     assert torch.equal(HieraQueryPipeline(loaded).generate(prompts[:1], seed=1, options=options).final, picture)
