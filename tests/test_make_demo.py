@@ -95,6 +95,20 @@ def test_publishes_only_a_better_checkpoint_unless_forced(interrupted_then_resum
     assert stage["eval"]["reconstruction_accuracy"] == json.loads((runs / "eval.json").read_text())["reconstruction_accuracy"]
 
 
+def test_publish_lists_unpublished_runs_between_the_replaced_model_and_the_new_one(tmp_path):
+    """A model trained on from an unpublished run: that run's command follows the replaced model's chain."""
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "weights").write_text("new")
+    (tmp_path / "asset").mkdir()
+    (tmp_path / "asset" / "weights").write_text("old")
+    replaced = {"command": "published run", "earlier_commands": ["first run"]}
+    (tmp_path / "asset" / "stage.json").write_text(json.dumps(replaced))
+    make_demo.publish(tmp_path / "checkpoint", tmp_path / "asset", {"command": "second run", "earlier_commands": ["unpublished run"]})
+    stage = json.loads((tmp_path / "asset" / "stage.json").read_text())
+    assert stage["earlier_commands"] == ["first run", "published run", "unpublished run"] and stage["command"] == "second run"
+    assert stage["previous"] == replaced and (tmp_path / "asset" / "weights").read_text() == "new"
+
+
 def test_init_from_starts_the_first_stage_from_an_earlier_model(interrupted_then_resumed):
     root, *_ = interrupted_then_resumed
     earlier = root / "runs" / "t2i" / "final"

@@ -175,12 +175,14 @@ def publish(checkpoint: Path, target: Path, provenance: dict) -> None:
     """Copy a checkpoint folder to ``target`` with ``stage.json`` (how it was made), replacing it atomically.
 
     When ``target`` already holds a published model, the new ``stage.json`` keeps that model's whole record as
-    ``previous`` and every earlier command in ``earlier_commands``, so a published checkpoint carries its full
+    ``previous`` and every earlier command in ``earlier_commands``: the replaced model's, then any the provenance
+    itself lists (unpublished runs between that model and this one), so a published checkpoint carries its full
     history (docs/demo-and-ablations.md section 3)."""
     record = target / STAGE_NAME
     if record.is_file():
         previous = json.loads(record.read_text())
-        provenance = {**provenance, "earlier_commands": [*previous.get("earlier_commands", []), *([previous["command"]] if "command" in previous else [])],
+        provenance = {**provenance, "earlier_commands": [*previous.get("earlier_commands", []), *([previous["command"]] if "command" in previous else []),
+                                                         *provenance.get("earlier_commands", [])],
                       "previous": previous}
     tmp = target.with_name(f".{target.name}.publishing")
     shutil.rmtree(tmp, ignore_errors=True)

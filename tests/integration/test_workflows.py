@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import struct
+import textwrap
 import time
 from io import BytesIO
 from pathlib import Path
@@ -23,12 +24,12 @@ import pytest
 from PIL import Image, ImageDraw
 
 import comfyui_harness as harness
-from hieraquery_core.checkpoint import BUNDLED_DEMO_SEED
+from hieraquery_core.checkpoint import BUNDLED_DEMO_SEED, bundled_demo, load_checkpoint
 from hq_checkpoints import DEMO_IS_BUNDLED, DEMO_NAME, DEMO_SIZE, assert_not_blank, messages_of, read_rgb
 
 WORKFLOW_DIR = harness.REPO_ROOT / "workflows"
 WORKFLOWS = {
-    "hieraquery_text_to_image_stages": "coarse to fine from the composable nodes, every scale previewed",
+    "hieraquery_text_to_image_stages": "coarse to fine from the composable nodes, every scale previewed, the prompt as the MLLM read it shown",
     "hieraquery_text_to_image": "the same with the one-node Generate",
     "hieraquery_edit": "instruction editing",
     "hieraquery_edit_chain": "a chain of three edits",
@@ -37,6 +38,7 @@ WORKFLOWS = {
 }
 SCALE_SIZES = [DEMO_SIZE // 4, DEMO_SIZE // 2, DEMO_SIZE]
 WRITE_DOC_IMAGES = os.environ.get("HQ_WRITE_DOC_IMAGES") == "1"
+PROMPT_AS_READ = "prompt as the MLLM read it"
 
 
 def ui_workflow(stem: str) -> dict:
@@ -105,10 +107,8 @@ def test_workflow_runs_as_shipped(comfy_server, demo_checkpoint, stem):
             assert pixels.shape[:2] == (side, side), (stem, node_id, pixels.shape)
             assert_not_blank(pixels, f"{stem} node {node_id}")
             panels.append((side, graph_position(stem, node_id), pixels))
-    # (question, answer) of every Describe node, read from the Preview as Text node it feeds
-    answers = [(graph[graph[nid]["inputs"]["source"][0]]["inputs"]["question"], entry["outputs"][nid]["text"][0])
-               for nid in nodes_of(graph, "PreviewAny")]
-    assert len(answers) == len(nodes_of(graph, "HieraQueryDescribe"))
+    answers = shown_texts(graph, entry)
+    assert len(answers) == len(nodes_of(graph, "HieraQueryDescribe")) + len(nodes_of(graph, "HieraQueryQueryEncode"))
     assert all(isinstance(a, str) and a.strip() for _, a in answers), answers
     if stem in ("hieraquery_edit", "hieraquery_edit_chain", "hieraquery_style_transfer"):
         source = read_rgb(node_images(comfy_server, entry, next(n for n in nodes_of(graph, "PreviewImage") if graph[n]["_meta"]["title"] == "Source"))[0])
@@ -117,6 +117,25 @@ def test_workflow_runs_as_shipped(comfy_server, demo_checkpoint, stem):
         assert not np.array_equal(source, result), f"{stem}: the edit returned its input"
     if WRITE_DOC_IMAGES:
         write_doc_images(stem, panels, answers)
+
+
+def shown_texts(graph: dict, entry: dict) -> list[tuple[str, str]]:
+    """What each Preview as Text node shows: (question, answer) for a Describe node's answer, and
+    (PROMPT_AS_READ, text) for Query Encode's ``encoded_prompt``, which must be the prompt as the checkpoint's
+    ``HieraQuery.plan`` reads it (the bundled demo plans, so its prompt gains the MLLM's answers)."""
+    texts = []
+    for nid in nodes_of(graph, "PreviewAny"):
+        source = graph[graph[nid]["inputs"]["source"][0]]
+        text = entry["outputs"][nid]["text"][0]
+        if source["class_type"] == "HieraQueryDescribe":
+            texts.append((source["inputs"]["question"], text))
+            continue
+        assert source["class_type"] == "HieraQueryQueryEncode", source
+        prompt = source["inputs"]["prompt"]
+        expected = load_checkpoint(bundled_demo()).plan([prompt])[0] if DEMO_IS_BUNDLED else prompt
+        assert text == expected and (text != prompt) == DEMO_IS_BUNDLED, (text, expected)
+        texts.append((PROMPT_AS_READ, text))
+    return texts
 
 
 def graph_position(stem: str, node_id: str) -> float:
@@ -217,16 +236,18 @@ def test_interrupt_mid_sampling_stops_the_job_and_the_next_job_runs(comfy_server
 
 def write_doc_images(stem: str, panels: list[tuple[int, float, np.ndarray]], answers: list[tuple[str, str]]) -> None:
     """The workflow's pictures side by side (smallest scale first, then left to right in the graph, repeats
-    dropped), each enlarged to 128 px with nearest neighbour; Describe's questions and answers underneath."""
+    dropped), each enlarged to 128 px with nearest neighbour; Describe's questions and answers (and the prompt as
+    the MLLM read it) underneath."""
     assert DEMO_IS_BUNDLED, "docs/images must show the bundled demo checkpoint, which has not been trained yet"
     unique = []
     for side, x, pixels in sorted(panels, key=lambda p: (p[0], p[1])):
         if not any(pixels.shape == u.shape and np.array_equal(pixels, u) for u in unique):
             unique.append(pixels)
-    tile, gap = 128, 8
-    height = tile + (18 * len(answers) + 8 if answers else 0)
-    lines = [f"{question}: {answer}" for question, answer in answers]
-    width = max(len(unique) * (tile + gap) - gap, 7 * max((len(line) for line in lines), default=0) + 4)
+    tile, gap, char = 128, 8, 6  # char: about the width of one glyph of PIL's default font
+    tiles = len(unique) * (tile + gap) - gap
+    lines = [wrapped for question, answer in answers for wrapped in textwrap.wrap(f"{question}: {answer}", max(tiles // char, 40))]
+    height = tile + (18 * len(lines) + 8 if lines else 0)
+    width = max(tiles, char * max((len(line) for line in lines), default=0) + 4)
     sheet = Image.new("RGB", (width, height), "white")
     for i, pixels in enumerate(unique):
         sheet.paste(Image.fromarray(pixels.astype(np.uint8)).resize((tile, tile), Image.NEAREST), (i * (tile + gap), 0))
