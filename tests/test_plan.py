@@ -16,8 +16,16 @@ from hieraquery_core.tiny import tiny_config
 from tiny_models import make_model
 
 RELATIONS = "what is to the left=left,right;what is above=above,below"
-LEFT, ABOVE = "what is to the left", "what is above"
+LEFT, RIGHT, ABOVE, BELOW = "what is to the left", "what is to the right", "what is above", "what is below"
 BOTH_SIDES = "what is to the left=left,right;what is to the right=left,right;what is above=above,below;what is below=above,below"
+
+
+def layout_sides(prompt: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    """The two questions of a position prompt's axis (left or top side first) and the shapes standing on those sides."""
+    request = parse_prompt(prompt)
+    first, second = (o.shape for o in request.objects)
+    questions = (LEFT, RIGHT) if request.relation in ("left", "right") else (ABOVE, BELOW)
+    return questions, ((first, second) if request.relation in ("left", "above") else (second, first))
 
 
 def planning(model: HieraQuery, plan: str = RELATIONS) -> HieraQuery:
@@ -48,10 +56,7 @@ def test_the_bundled_mllm_places_the_objects_of_every_position_prompt_it_never_s
     for split in (HELDOUT_PROMPTS, TRAIN_PROMPTS):
         prompts = list(split["position"])
         for prompt, planned in zip(prompts, model.plan(prompts)):
-            request = parse_prompt(prompt)
-            first, second = (o.shape for o in request.objects)
-            question = LEFT if request.relation in ("left", "right") else ABOVE
-            answer = first if request.relation in ("left", "above") else second
+            (question, _), (answer, _) = layout_sides(prompt)
             assert planned == f"{prompt}{JOINER}{question} {answer}"
         assert model.plan(model.plan(prompts)) == model.plan(prompts)  # a planned prompt is not asked again
     assert model.plan(["a red circle", "two squares"]) == ["a red circle", "two squares"]
@@ -67,11 +72,8 @@ def test_the_bundled_demo_plans_both_sides_and_its_mllm_names_them_in_layout_ord
         prompts = list(split["position"])
         wrong = []
         for prompt, planned in zip(prompts, model.plan(prompts)):
-            request = parse_prompt(prompt)
-            first, second = (o.shape for o in request.objects)
-            before, after = (first, second) if request.relation in ("left", "above") else (second, first)
-            sides = ("what is to the left", "what is to the right") if request.relation in ("left", "right") else (ABOVE, "what is below")
-            if planned != JOINER.join([prompt, f"{sides[0]} {before}", f"{sides[1]} {after}"]):
+            questions, shapes = layout_sides(prompt)
+            if planned != JOINER.join([prompt, *(f"{q} {shape}" for q, shape in zip(questions, shapes))]):
                 wrong.append(prompt)
         assert wrong == misses
 
