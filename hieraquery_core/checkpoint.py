@@ -181,12 +181,12 @@ from noise), with text guidance 1.5 (3 spreads a recolour over objects the instr
 0.56 on validation edits of an earlier model)."""
 
 BUNDLED_DEMO_SEED = 2
-"""The seed of the ``demo`` command and the example workflows. With the model bundled at the end of 2026-12-06 (session 32,
-the fourth model that plans) the demo prompt "a red circle to the left of a blue square" comes out as named for 9 of
-the seeds 0-11, and of the edit-chain workflow's edits "make the red circle green" succeeds on 8, "add a yellow
-triangle" on 12 and "remove the blue square" on 9 (each on the previous result; scored by the evaluator's ``score_prompt`` and
-``edit_correct``). Seeds 0, 2, 4, 6, 7, 8, 10 and 11 pass the prompt and all three edits; 2 stays the seed, as it was for
-the models before, on which seeds 0 and 1 missed the prompt."""
+"""The seed of the ``demo`` command and the example workflows. With the model bundled at the end of 2026-12-06
+(session 32, the fourth model that plans) the demo prompt "a red circle to the left of a blue square" comes out as
+named for 9 of the seeds 0-11, and of the edit-chain workflow's edits "make the red circle green" succeeds on 8, "add
+a yellow triangle" on 12 and "remove the blue square" on 9 (each on the previous result; scored by the evaluator's
+``score_prompt`` and ``edit_correct``). Seeds 0, 2, 4, 6, 7, 8, 10 and 11 pass the prompt and all three edits; 2
+stays the seed, as it was for the models before, on which seeds 0 and 1 missed the prompt."""
 
 
 def bundled_demo() -> Path | None:
