@@ -114,12 +114,12 @@ def test_init_from_starts_the_first_stage_from_an_earlier_model(interrupted_then
     earlier = root / "runs" / "t2i" / "final"
     more = root / "more"
     args = demo_args(root, "--init-from", str(earlier), "--steps", "1,0,0", "--no-publish", "--refine-strength", "0.5", "--category-weights", "position=2",
-                     "--position-colours", "0.5")
+                     "--position-colours", "0.5", "--min-gap", "4")
     args[args.index("--runs") + 1] = str(more)
     assert make_demo.main(args) == 0
     assert "initialising from " + str(earlier) in (more / "t2i" / "train.log").read_text()
     settings = json.loads((more / "t2i" / "run.json").read_text())["settings"]
-    assert (settings["category_weights"], settings["position_colours"]) == ("position=2", 0.5)  # both reach the trainer
+    assert (settings["category_weights"], settings["position_colours"], settings["min_gap"]) == ("position=2", 0.5, 4)  # all reach the trainer
     assert not same_weights(more / "t2i" / "final", earlier)  # it trained on from there
     assert json.loads((more / "eval.json").read_text())["settings"]["refine_strength"] == 0.5  # sampled as asked
     assert not (more / "reconstruction").exists() and json.loads((more / "eval.json").read_text())["checkpoint"] == str(more / "t2i" / "final")

@@ -177,12 +177,14 @@ SHAPESWORLD_DATA_OPTIONS = {
     "position_colours": (["--position-colours", "0.5"], 0.5, "position_colours 0.5 (now 0.0)", [
         (["--position-colours", "1.5"], "give a value in [0, 1]"), (["--position-colours", "-0.1"], "give a value in [0, 1]"),
         (["--position-colours", "0.5", "--data", "{data}/pairs.jsonl"], "it needs --data shapesworld")]),
+    "min_gap": (["--min-gap", "4"], 4, "min_gap 4 (now 2)", [
+        (["--min-gap", "1"], "give 2 or more"), (["--min-gap", "4", "--data", "{data}/pairs.jsonl"], "it needs --data shapesworld")]),
 }
 
 
 @pytest.mark.parametrize("setting", sorted(SHAPESWORLD_DATA_OPTIONS))
 def test_shapesworld_data_option_is_recorded_checked_and_compared_on_resume(data, capsys, setting):
-    """Each ShapesWorld training-data option (``--caption-order``, ``--category-weights``, ``--position-colours``)
+    """Each ShapesWorld training-data option (``--caption-order``, ``--category-weights``, ``--position-colours``, ``--min-gap``)
     lands in run.json; a resume without it is refused (its samples differ from the checkpoint's run); a checkpoint
     written before the option existed (no such key) resumes a run without it; a bad value or other data is one error
     before anything is written."""

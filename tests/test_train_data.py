@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -18,7 +19,8 @@ from tiny_models import make_model
 from train.data import (BucketBatchSampler, FileDataset, ReplayMix, SampleDataset, SkipCounter, Skipped, StreamBatches, bucket_step, collate,
                         fit_to_bucket, load_records, make_buckets, model_buckets, nearest_bucket, stage_sample)
 from train.optim import lr_curve, make_optimizer
-from hieraquery_core.shapesworld import TRAIN_PROMPTS, edit_triplets, parse_prompt, score_prompt, spec
+from hieraquery_core.shapesworld import (TRAIN_PROMPTS, PlacementError, box_gap, edit_triplets, parse_image, parse_prompt, render_scales,
+                                        scene_for_prompt, scene_satisfies, score_prompt, spec, train_pairs)
 from train.shapesworld_data import ShapesWorldDataset, sample_rng, shapesworld_stream, weighted_categories
 
 
@@ -230,6 +232,30 @@ def test_position_colours_colour_that_share_of_the_position_prompts_only():
     assert all(score_prompt(s["prompt"], (s["target"].permute(1, 2, 0) * 255).round().byte().numpy()) for s in samples[:40])
     assert prompts(("position",), 400) == prompts(("position",), 400, position_colours=0.0)
     assert prompts(("two_object", "counting"), 60) == prompts(("two_object", "counting"), 60, position_colours=0.5)
+
+
+def test_min_gap_spaces_the_text_to_image_scenes_and_keeps_squares_apart_at_16_px():
+    """``--min-gap 4``: every text-to-image box keeps 4 px of background to every other (the spec's 2 otherwise), the
+    scene still satisfies its prompt, and the 16 px target of four squares shows four objects, where at the spec's 2 px
+    a share of them merge (docs/demo-and-ablations.md section 3, "Where the bundled model still fails")."""
+    def gaps(ds: ShapesWorldDataset, n: int) -> list[int]:
+        out = []
+        for i in range(n):
+            _, prompt, scene = next(train_pairs(sample_rng(ds.seed, "t2i", i), ds.categories, min_gap=ds.min_gap))
+            assert ds[i]["prompt"] == prompt and scene_satisfies(scene, prompt)
+            out += [box_gap(a.box, b.box) for a, b in itertools.combinations(scene.objects, 2)]
+        return out
+
+    assert min(gaps(ShapesWorldDataset("t2i", 200, seed=5, categories=("counting",), min_gap=4), 200)) >= 4
+    assert min(gaps(ShapesWorldDataset("t2i", 200, seed=5, categories=("counting",)), 200)) < 4  # the spec's stream comes closer
+
+    def four_squares_apart(min_gap: int) -> int:
+        rng = np.random.default_rng(0)
+        return sum(len(parse_image(render_scales(scene_for_prompt("four squares", rng, min_gap=min_gap))[16])) == 4 for _ in range(60))
+
+    assert four_squares_apart(4) >= 59 > four_squares_apart(2) + 5
+    with pytest.raises(PlacementError, match="give at least 2"):
+        scene_for_prompt("four squares", np.random.default_rng(0), min_gap=1)
 
 
 def test_generic_dataset_and_stream_samples_are_checked():

@@ -88,16 +88,16 @@ def stage_config(stage: str, out: Path, steps: int, batch: int, lr: float, seed:
                  config: HieraQueryConfig | None = None, init_from: Path | None = None, resume: bool = False, replay_share: float = 0.0,
                  ema_decay: float = 0.0, mllm: Path | None = None, read_source: bool = False, dit_blocks: int | None = None, softmax_new_blocks: bool = False,
                  dropped_prompt_keeps_image: bool | None = None, edit_distractors: float = 0.0, caption_order: bool = False,
-                 category_weights: str = "", position_colours: float = 0.0, coarse_input: float | None = None, prompt_tokens: int | None = None,
-                 plan: str | None = None) -> TrainConfig:
+                 category_weights: str = "", position_colours: float = 0.0, min_gap: int = 2, coarse_input: float | None = None,
+                 prompt_tokens: int | None = None, plan: str | None = None) -> TrainConfig:
     """The trainer settings of one ShapesWorld stage with the demo recipe (see the module docstring);
     ``replay_share`` applies to the reconstruction and edit stages only; ``mllm`` replaces ``init_from``'s MLLM;
     ``read_source`` widens the DiT to read the input image's latents; ``dit_blocks`` grows it to that many blocks
     (``softmax_new_blocks``: with softmax self-attention); ``dropped_prompt_keeps_image`` sets the model config's field
     of that name (None: as it is); ``edit_distractors`` applies to the edit stage only;
     ``caption_order`` lays out the text-to-image scenes in prompt order, ``category_weights`` weighs their prompts'
-    categories and ``position_colours`` colours that share of their position prompts (all three: every stage's
-    text-to-image samples, replayed ones too);
+    categories, ``position_colours`` colours that share of their position prompts and ``min_gap`` spaces their boxes
+    (all four: every stage's text-to-image samples, replayed ones too);
     ``coarse_input`` lets the DiT read the previous scale's image (``HieraQuery.read_coarse``, that training noise);
     ``prompt_tokens`` and ``plan`` set the model config's fields of those names (None: as they are)."""
     return TrainConfig(stage=stage, out=str(out), config=config, init_from=None if init_from is None else str(init_from),
@@ -106,7 +106,8 @@ def stage_config(stage: str, out: Path, steps: int, batch: int, lr: float, seed:
                        grad_clip=1.0, save_every=save_every, log_every=25, seed=seed, resume="latest" if resume else None,
                        replay_share=0.0 if stage == "t2i" else replay_share, ema_decay=ema_decay,
                        dropped_prompt_keeps_image=dropped_prompt_keeps_image, edit_distractors=edit_distractors if stage == "edit" else 0.0,
-                       caption_order=caption_order, category_weights=category_weights, position_colours=position_colours, coarse_input=coarse_input,
+                       caption_order=caption_order, category_weights=category_weights, position_colours=position_colours, min_gap=min_gap,
+                       coarse_input=coarse_input,
                        prompt_tokens=prompt_tokens, plan=plan)
 
 
@@ -150,7 +151,7 @@ def train_stages(args: argparse.Namespace, config: HieraQueryConfig, state) -> P
                                ema_decay=args.ema_decay, mllm=mllm, read_source=args.read_source, dit_blocks=args.dit_blocks, softmax_new_blocks=args.softmax_new_blocks,
                                dropped_prompt_keeps_image=args.dropped_prompt_keeps_image, edit_distractors=args.edit_distractors,
                                caption_order=args.caption_order, category_weights=args.category_weights, position_colours=args.position_colours,
-                               coarse_input=args.coarse_input,
+                               min_gap=args.min_gap, coarse_input=args.coarse_input,
                                prompt_tokens=args.prompt_tokens, plan=args.plan)
             train(cfg)
         previous, mllm = out, None
@@ -208,7 +209,8 @@ def evaluate_and_publish(final: Path, args: argparse.Namespace, processes: int, 
         published_by = f"train.make_demo: headline (GenEval + edits) / 2 = {new:.3f} against {old:.3f} for the model it replaced"
     publish(final, args.publish_to, {"stages": dict(zip(STAGES, args.steps)), "batch": args.batch, "processes": processes, "lr": args.lr, "seed": args.seed,
                                      "replay_share": args.replay_share, "edit_distractors": args.edit_distractors, "caption_order": args.caption_order,
-                                     "category_weights": args.category_weights, "position_colours": args.position_colours, "ema_decay": args.ema_decay,
+                                     "category_weights": args.category_weights, "position_colours": args.position_colours, "min_gap": args.min_gap,
+                                     "ema_decay": args.ema_decay,
                                      "dropped_prompt_keeps_image": args.dropped_prompt_keeps_image, "init_from": None if args.init_from is None else str(args.init_from),
                                      "command": " ".join(["python -m train.make_demo", *args.argv]),
                                      "eval": {k: report[k] for k in ("settings", "geneval", "edit_accuracy", "reconstruction_accuracy") if k in report},
@@ -304,6 +306,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="draw text-to-image prompts of these GenEval categories N times as often, e.g. position=3 (train.train's flag)")
     parser.add_argument("--position-colours", type=float, default=0.0, metavar="SHARE",
                         help="this share of the text-to-image position prompts name a colour for each object (train.train's flag; default %(default)s)")
+    parser.add_argument("--min-gap", type=int, default=2, metavar="PX",
+                        help="text-to-image scenes keep at least PX background pixels between boxes (train.train's flag; default %(default)s, the spec's)")
     parser.add_argument("--edit-distractors", type=float, default=0.0,
                         help="share of the edit stage's recolours and removals with a same-colour distractor (train.train's flag; default %(default)s)")
     add_eval_arguments(parser)

@@ -18,6 +18,10 @@ bucket (e.g. area-downscaled for a 32 px test model).
 - ``position_colours`` (``--position-colours SHARE``): that share of the text-to-image and reconstruction position
   prompts name a colour for each object ("a red circle above a blue square", ``with_colours``), so relations are seen
   in many more strings than the 35 training position strings; 0, the default, is the spec's stream.
+- ``min_gap`` (``--min-gap PX``): text-to-image and reconstruction scenes keep at least that many background pixels
+  between boxes (the spec's minimum, 2, is the default and gives the spec's stream). Squares fill their boxes, and 2 px
+  at 64 px is half a pixel at the 16 px scale, where a third of four-square scenes merge; 4 px keeps them apart
+  (docs/demo-and-ablations.md section 3, "Where the bundled model still fails"). Edit scenes keep the spec's gap.
 - ``categories`` (``--category-weights``, :func:`weighted_categories`): the GenEval categories text-to-image and
   reconstruction prompts are drawn from, uniformly over the tuple, so a category listed three times is drawn three
   times as often (the spec's stream, each category once, is the default).
@@ -54,12 +58,13 @@ def sample_rng(seed: int, stage: str, index: int) -> np.random.Generator:
 
 
 def make_sample(stage: str, rng: np.random.Generator, categories: Sequence[str] = spec.CATEGORIES, edit_kinds: Sequence[str] = spec.EDIT_KINDS,
-                edit_distractors: float = 0.0, caption_order: bool = False, position_colours: float = 0.0) -> dict[str, Any]:
+                edit_distractors: float = 0.0, caption_order: bool = False, position_colours: float = 0.0,
+                min_gap: int = spec.MIN_GAP) -> dict[str, Any]:
     """One sample dict for ``stage`` drawn from ``rng``."""
     if stage == "edit":
         triplet = next(edit_triplets(rng, edit_kinds, edit_distractors))
         return {"prompt": triplet.instruction, "target": to_pixels(render(triplet.target)), "images": [to_pixels(render(triplet.source))], "kind": triplet.kind}
-    category, prompt, scene = next(train_pairs(rng, categories, caption_order, position_colours))
+    category, prompt, scene = next(train_pairs(rng, categories, caption_order, position_colours, min_gap))
     return {"prompt": prompt, "target": to_pixels(render(scene)), "images": [], "category": category}
 
 
@@ -67,7 +72,8 @@ class ShapesWorldDataset(torch.utils.data.Dataset):
     """``num_samples`` deterministic ShapesWorld samples of one stage (map-style, any index in any order)."""
 
     def __init__(self, stage: str, num_samples: int = 100_000, seed: int = 0, categories: Sequence[str] = spec.CATEGORIES, edit_kinds: Sequence[str] = spec.EDIT_KINDS,
-                 edit_distractors: float = 0.0, caption_order: bool = False, position_colours: float = 0.0) -> None:
+                 edit_distractors: float = 0.0, caption_order: bool = False, position_colours: float = 0.0,
+                 min_gap: int = spec.MIN_GAP) -> None:
         if stage not in STAGE_CODES:
             raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGE_CODES)}")
         self.stage = stage
@@ -78,6 +84,7 @@ class ShapesWorldDataset(torch.utils.data.Dataset):
         self.edit_distractors = float(edit_distractors)
         self.caption_order = bool(caption_order)
         self.position_colours = float(position_colours)
+        self.min_gap = int(min_gap)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -89,7 +96,7 @@ class ShapesWorldDataset(torch.utils.data.Dataset):
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
         return make_sample(self.stage, sample_rng(self.seed, self.stage, index), self.categories, self.edit_kinds, self.edit_distractors, self.caption_order,
-                           self.position_colours)
+                           self.position_colours, self.min_gap)
 
 
 def weighted_categories(weights: str) -> tuple[str, ...]:

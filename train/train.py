@@ -113,6 +113,8 @@ class TrainConfig:
     """ShapesWorld text-to-image prompts: how often each GenEval category is drawn, e.g. "position=3" (``weighted_categories``)."""
     position_colours: float = 0.0
     """ShapesWorld: the share of position prompts that name a colour for each object (``with_colours``)."""
+    min_gap: int = 2
+    """ShapesWorld text-to-image scenes: background pixels between boxes (the spec's minimum, 2, by default; ``train.shapesworld_data``)."""
     ema_decay: float = 0.0
     timestep_logit_mean: float | None = None
     timestep_logit_std: float | None = None
@@ -146,6 +148,8 @@ class TrainConfig:
         require(not self.category_weights or self.data == "shapesworld", "--category-weights draws ShapesWorld prompts; it needs --data shapesworld")
         require(0 <= self.position_colours <= 1, f"--position-colours {self.position_colours} is a share of the position prompts; give a value in [0, 1]")
         require(not self.position_colours or self.data == "shapesworld", "--position-colours colours ShapesWorld prompts; it needs --data shapesworld")
+        require(self.min_gap >= 2, f"--min-gap {self.min_gap}: ShapesWorld scenes keep at least 2 px between boxes (the spec); give 2 or more")
+        require(self.min_gap == 2 or self.data == "shapesworld", "--min-gap lays out ShapesWorld scenes; it needs --data shapesworld")
         if self.category_weights:
             from .shapesworld_data import weighted_categories
 
@@ -222,7 +226,7 @@ def config_base_dir(config: HieraQueryConfig, config_path: Path) -> Path | None:
     return None
 
 
-LATER_RESUMED_SETTINGS = ("replay_share", "edit_distractors", "caption_order", "category_weights", "position_colours", "ema_decay")
+LATER_RESUMED_SETTINGS = ("replay_share", "edit_distractors", "caption_order", "category_weights", "position_colours", "min_gap", "ema_decay")
 """Options added after the trainer state's format: a checkpoint written before one existed is read with its default,
 which is what every run did before the option was added."""
 RESUMED_SETTINGS = ("stage", "seed", "batch_size", "grad_accum", *LATER_RESUMED_SETTINGS)
@@ -453,7 +457,7 @@ class Trainer:
 
                 source = shapesworld_dataset(stage, cfg.shapesworld_samples, seed=cfg.seed, edit_distractors=cfg.edit_distractors,
                                              caption_order=cfg.caption_order, categories=weighted_categories(cfg.category_weights),
-                                             position_colours=cfg.position_colours)
+                                             position_colours=cfg.position_colours, min_gap=cfg.min_gap)
             else:
                 records = load_records(source, stage, self.index_skips, cfg.max_aspect, cfg.min_clip, cfg.max_watermark)
                 dataset = FileDataset(records, stage, self.buckets, cfg.recon_prompt)
@@ -842,6 +846,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--position-colours", type=float, default=d.position_colours, metavar="SHARE",
                    help="--data shapesworld: this share of the text-to-image position prompts name a colour for each object ('a red circle above a blue "
                         "square'; only colours of training strings, replayed samples too; default %(default)s: the spec's stream)")
+    p.add_argument("--min-gap", type=int, default=d.min_gap, metavar="PX",
+                   help="--data shapesworld: text-to-image scenes keep at least PX background pixels between boxes (default %(default)s: the spec's minimum; "
+                        "4 keeps neighbouring squares apart at the 16 px scale)")
     p.add_argument("--edit-distractors", type=float, default=d.edit_distractors,
                    help="--data shapesworld, edit stage: share of the recolours and removals whose named object shares its colour with another "
                         "object, so that only the shape word tells them apart (default %(default)s: the spec's distribution)")

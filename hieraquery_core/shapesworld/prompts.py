@@ -213,19 +213,20 @@ if not all(HELDOUT_PROMPTS[c] and TRAIN_PROMPTS[c] for c in PROMPT_SPLIT_CATEGOR
 
 # --- sampling scenes for prompts -------------------------------------------------------------
 
-def scene_for_prompt(prompt: str, rng: np.random.Generator, caption_order: bool = False) -> Scene:
+def scene_for_prompt(prompt: str, rng: np.random.Generator, caption_order: bool = False, min_gap: int = spec.MIN_GAP) -> Scene:
     """A random valid scene that satisfies ``prompt`` exactly (free colours drawn at random).
 
     ``caption_order``: a prompt listing objects ("a circle and a square", "a red circle and a blue square") gets a
     scene whose objects stand left to right in the order the prompt names them, so the prompt is the scene's caption
     (spec "Understanding": captions list objects left to right). Any valid layout satisfies the prompt; this one
     also tells a model which named object goes where (a project option for training data, docs/shapesworld.md).
+    ``min_gap``: background pixels between boxes (:func:`place_objects`; the spec's 2 by default).
     """
     req = parse_prompt(prompt)
     kinds = [(s.color if s.color is not None else spec.COLORS[int(rng.integers(len(spec.COLORS)))], s.shape)
              for s in req.objects]
     relation = (0, req.relation, 1) if req.relation else None
-    scene = place_objects(rng, kinds, req.style, relation)
+    scene = place_objects(rng, kinds, req.style, relation, min_gap=min_gap)
     if not caption_order or req.form != "list":
         return scene
     boxes = [o.box for o in scene.left_to_right()]  # boxes do not depend on the shape: any kind fits any box
@@ -260,7 +261,8 @@ def relation_prompt(first: ObjectSpec, relation: str, second: ObjectSpec, style:
     return f"{first.phrase()} {spec.RELATION_PHRASES[relation]} {second.phrase()}" + (spec.OUTLINE_SUFFIX if style == "outline" else "")
 
 
-def sample_pair(category: str, rng: np.random.Generator, caption_order: bool = False, position_colours: float = 0.0) -> tuple[str, Scene]:
+def sample_pair(category: str, rng: np.random.Generator, caption_order: bool = False, position_colours: float = 0.0,
+                min_gap: int = spec.MIN_GAP) -> tuple[str, Scene]:
     """One training (prompt, scene) of a category; never a held-out prompt or held-out scene (``caption_order``: see
     :func:`scene_for_prompt`; ``position_colours``: that share of the position prompts get colours, :func:`with_colours`;
     0 draws nothing more, the spec's stream draw for draw)."""
@@ -268,13 +270,13 @@ def sample_pair(category: str, rng: np.random.Generator, caption_order: bool = F
     if category == "position" and position_colours > 0 and rng.random() < position_colours:
         prompt = with_colours(prompt, rng)
     while True:
-        scene = scene_for_prompt(prompt, rng, caption_order)
+        scene = scene_for_prompt(prompt, rng, caption_order, min_gap)
         if category not in SCENE_SPLIT_CATEGORIES or not is_held_out_scene(scene):
             return prompt, scene
 
 
 def train_pairs(rng: np.random.Generator, categories: Sequence[str] = spec.CATEGORIES, caption_order: bool = False,
-                position_colours: float = 0.0) -> Iterator[tuple[str, str, Scene]]:
+                position_colours: float = 0.0, min_gap: int = spec.MIN_GAP) -> Iterator[tuple[str, str, Scene]]:
     """Endless (category, prompt, scene) training samples, categories uniformly at random.
 
     Never yields a held-out prompt string (position / color_attr) nor a held-out scene for
@@ -286,7 +288,7 @@ def train_pairs(rng: np.random.Generator, categories: Sequence[str] = spec.CATEG
             raise ValueError(f"unknown category {c!r}")
     while True:
         cat = cats[int(rng.integers(len(cats)))]
-        prompt, scene = sample_pair(cat, rng, caption_order, position_colours)
+        prompt, scene = sample_pair(cat, rng, caption_order, position_colours, min_gap)
         yield cat, prompt, scene
 
 

@@ -186,21 +186,22 @@ def random_box(rng: np.random.Generator, side: int | None = None) -> Box:
     return (x0, y0, x0 + s, y0 + s)
 
 
-def fits(box: Box, others: Iterable[Box]) -> bool:
-    """``box`` is inside the canvas and keeps the minimum gap to every other box."""
-    return box_inside(box) and all(box_gap(box, o) >= spec.MIN_GAP for o in others)
+def fits(box: Box, others: Iterable[Box], min_gap: int = spec.MIN_GAP) -> bool:
+    """``box`` is inside the canvas and keeps ``min_gap`` background pixels (the spec's minimum by default) to every
+    other box."""
+    return box_inside(box) and all(box_gap(box, o) >= min_gap for o in others)
 
 
 def place_object(rng: np.random.Generator, color: str, shape: str, existing: Sequence[SceneObject],
-                 tries: int = 500) -> SceneObject:
-    """Place one new object among ``existing`` ones (rejection sampling).
+                 tries: int = 500, min_gap: int = spec.MIN_GAP) -> SceneObject:
+    """Place one new object among ``existing`` ones (rejection sampling), ``min_gap`` pixels from each.
 
     Raises :class:`PlacementError` when no valid box was found in ``tries`` attempts.
     """
     boxes = [o.box for o in existing]
     for _ in range(tries):
         box = random_box(rng)
-        if fits(box, boxes):
+        if fits(box, boxes, min_gap):
             return SceneObject(color, shape, box)
     raise PlacementError(
         f"could not place a {color} {shape} among {len(existing)} existing objects after {tries} tries "
@@ -209,10 +210,12 @@ def place_object(rng: np.random.Generator, color: str, shape: str, existing: Seq
 
 def place_objects(rng: np.random.Generator, kinds: Sequence[tuple[str, str]], style: str = "filled",
                   relation: tuple[int, str, int] | None = None, restarts: int = 200,
-                  tries_per_object: int = 200) -> Scene:
+                  tries_per_object: int = 200, min_gap: int = spec.MIN_GAP) -> Scene:
     """Place objects of the given ``(color, shape)`` kinds in a new valid scene.
 
-    ``relation=(i, rel, j)`` additionally requires object ``i`` to be ``rel`` of object ``j``.
+    ``relation=(i, rel, j)`` additionally requires object ``i`` to be ``rel`` of object ``j``. ``min_gap``: background
+    pixels between any two boxes, at least the spec's 2 (a wider gap is still a valid scene; training data may ask for
+    one so that neighbours stay apart at the 16 px scale, docs/shapesworld.md).
     Rejection sampling: objects are placed one at a time; a failed object restarts the scene.
     Raises :class:`PlacementError` with the reason when every restart failed (e.g. more than
     ``MAX_OBJECTS`` objects, or an impossible relation).
@@ -225,12 +228,14 @@ def place_objects(rng: np.random.Generator, kinds: Sequence[tuple[str, str]], st
             raise PlacementError(f"unknown object kind {color!r} {shape!r}")
     if style not in spec.STYLES:
         raise PlacementError(f"unknown style {style!r}")
+    if min_gap < spec.MIN_GAP:
+        raise PlacementError(f"a gap of {min_gap} px between boxes breaks the spec; give at least {spec.MIN_GAP}")
     for _ in range(restarts):
         placed: list[SceneObject] = []
         ok = True
         for color, shape in kinds:
             try:
-                placed.append(place_object(rng, color, shape, placed, tries_per_object))
+                placed.append(place_object(rng, color, shape, placed, tries_per_object, min_gap))
             except PlacementError:
                 ok = False
                 break
