@@ -55,6 +55,7 @@ import torch
 from hieraquery_core.checkpoint import CONFIG_NAME, STAGE_NAME, WEIGHTS_NAME, load_checkpoint, replace_directory
 from hieraquery_core.config import HieraQueryConfig
 from hieraquery_core.errors import HieraQueryError
+from hieraquery_core.shapesworld.spec import MIN_GAP
 from train import shapesworld_mllm, shapesworld_vae
 from train.data import STAGES
 from train.evaluate import EvalSettings, evaluate_model
@@ -88,7 +89,7 @@ def stage_config(stage: str, out: Path, steps: int, batch: int, lr: float, seed:
                  config: HieraQueryConfig | None = None, init_from: Path | None = None, resume: bool = False, replay_share: float = 0.0,
                  ema_decay: float = 0.0, mllm: Path | None = None, read_source: bool = False, dit_blocks: int | None = None, softmax_new_blocks: bool = False,
                  dropped_prompt_keeps_image: bool | None = None, edit_distractors: float = 0.0, caption_order: bool = False,
-                 category_weights: str = "", position_colours: float = 0.0, min_gap: int = 2, coarse_input: float | None = None,
+                 category_weights: str = "", position_colours: float = 0.0, min_gap: int = MIN_GAP, coarse_input: float | None = None,
                  prompt_tokens: int | None = None, plan: str | None = None) -> TrainConfig:
     """The trainer settings of one ShapesWorld stage with the demo recipe (see the module docstring);
     ``replay_share`` applies to the reconstruction and edit stages only; ``mllm`` replaces ``init_from``'s MLLM;
@@ -306,7 +307,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="draw text-to-image prompts of these GenEval categories N times as often, e.g. position=3 (train.train's flag)")
     parser.add_argument("--position-colours", type=float, default=0.0, metavar="SHARE",
                         help="this share of the text-to-image position prompts name a colour for each object (train.train's flag; default %(default)s)")
-    parser.add_argument("--min-gap", type=int, default=2, metavar="PX",
+    parser.add_argument("--min-gap", type=int, default=MIN_GAP, metavar="PX",
                         help="text-to-image scenes keep at least PX background pixels between boxes (train.train's flag; default %(default)s, the spec's)")
     parser.add_argument("--edit-distractors", type=float, default=0.0,
                         help="share of the edit stage's recolours and removals with a same-colour distractor (train.train's flag; default %(default)s)")

@@ -52,6 +52,7 @@ from hieraquery_core.config import HieraQueryConfig
 from hieraquery_core.errors import HieraQueryError, require
 from hieraquery_core.model import HieraQuery, TrainingBatch, deepened
 from hieraquery_core.plan import parse_plan
+from hieraquery_core.shapesworld.spec import MIN_GAP
 
 from . import state as st
 from .data import (MAX_ASPECT_RATIO, MAX_WATERMARK_SCORE, MIN_CLIP_SCORE, STAGES, BucketBatchSampler, FileDataset, ReplayMix, SampleDataset,
@@ -113,8 +114,8 @@ class TrainConfig:
     """ShapesWorld text-to-image prompts: how often each GenEval category is drawn, e.g. "position=3" (``weighted_categories``)."""
     position_colours: float = 0.0
     """ShapesWorld: the share of position prompts that name a colour for each object (``with_colours``)."""
-    min_gap: int = 2
-    """ShapesWorld text-to-image scenes: background pixels between boxes (the spec's minimum, 2, by default; ``train.shapesworld_data``)."""
+    min_gap: int = MIN_GAP
+    """ShapesWorld text-to-image scenes: background pixels between boxes (the spec's minimum by default; ``train.shapesworld_data``)."""
     ema_decay: float = 0.0
     timestep_logit_mean: float | None = None
     timestep_logit_std: float | None = None
@@ -148,8 +149,8 @@ class TrainConfig:
         require(not self.category_weights or self.data == "shapesworld", "--category-weights draws ShapesWorld prompts; it needs --data shapesworld")
         require(0 <= self.position_colours <= 1, f"--position-colours {self.position_colours} is a share of the position prompts; give a value in [0, 1]")
         require(not self.position_colours or self.data == "shapesworld", "--position-colours colours ShapesWorld prompts; it needs --data shapesworld")
-        require(self.min_gap >= 2, f"--min-gap {self.min_gap}: ShapesWorld scenes keep at least 2 px between boxes (the spec); give 2 or more")
-        require(self.min_gap == 2 or self.data == "shapesworld", "--min-gap lays out ShapesWorld scenes; it needs --data shapesworld")
+        require(self.min_gap >= MIN_GAP, f"--min-gap {self.min_gap}: ShapesWorld scenes keep at least {MIN_GAP} px between boxes (the spec); give {MIN_GAP} or more")
+        require(self.min_gap == MIN_GAP or self.data == "shapesworld", "--min-gap lays out ShapesWorld scenes; it needs --data shapesworld")
         if self.category_weights:
             from .shapesworld_data import weighted_categories
 
