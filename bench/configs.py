@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import torch
 
+from hieraquery_core.checkpoint import BUNDLED_DEMO_PROMPT
 from hieraquery_core.config import AlignmentSpec, BackboneSpec, ConnectorSpec, HieraQueryConfig, ScaleSpec, default_scales
 from hieraquery_core.model import HieraQuery
 from hieraquery_core.tiny import TINY_VOCABULARY, tiny_config
@@ -99,8 +100,8 @@ def bench_config(size: str, alignment_weight: float = 0.0) -> HieraQueryConfig:
     raise ValueError(f"unknown benchmark size {size!r}; choose one of {', '.join(SIZES)}")
 
 
-PROMPT = "a red circle to the left of a blue square"
-"""The benchmarks' prompt (words of the tiny vocabulary, which every size's tokenizer uses)."""
+PROMPT = BUNDLED_DEMO_PROMPT
+"""The benchmarks' prompt, the demo's (words of the tiny vocabulary, which every size's tokenizer uses)."""
 
 
 def build_model(size: str, device: torch.device, dtype: torch.dtype, alignment_weight: float = 0.0, seed: int = 0) -> HieraQuery:

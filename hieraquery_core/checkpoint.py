@@ -189,6 +189,14 @@ a yellow triangle" on 12 and "remove the blue square" on 9 (each on the previous
 stays the seed, as it was for the models before, on which seeds 0 and 1 missed the prompt."""
 
 
+BUNDLED_DEMO_PROMPT = "a red circle to the left of a blue square"
+"""The ``demo`` command's prompt and the example workflows' (the edit chain starts from it)."""
+
+BUNDLED_DEMO_EDITS = ("make the red circle green", "add a yellow triangle", "remove the blue square")
+"""The edit-chain workflow's instructions, each applied to the previous result; the ``demo`` command makes the first.
+:mod:`train.publish_demo` checks a model to be bundled on this chain over seeds 0-11."""
+
+
 def bundled_demo() -> Path | None:
     """The bundled demo checkpoint folder, or None while it has not been trained yet."""
     return BUNDLED_DEMO if (BUNDLED_DEMO / WEIGHTS_NAME).is_file() else None

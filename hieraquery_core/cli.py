@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .checkpoint import BUNDLED_DEMO_SAMPLING, BUNDLED_DEMO_SEED, STAGE_NAME, bundled_demo, load_checkpoint
+from .checkpoint import BUNDLED_DEMO_EDITS, BUNDLED_DEMO_PROMPT, BUNDLED_DEMO_SAMPLING, BUNDLED_DEMO_SEED, STAGE_NAME, bundled_demo, load_checkpoint
 from .errors import HieraQueryError, require
 from .images import as_pixels, to_pil
 from .model import HieraQuery
@@ -149,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     tuned = BUNDLED_DEMO_SAMPLING
     demo_sampling = sampling_flags(steps=str(tuned["steps"]), guidance=tuned["guidance"], refine_strength=tuned["refine_strength"], seed=BUNDLED_DEMO_SEED)
     demo = sub.add_parser("demo", parents=[common, demo_sampling], help="generate, edit the result, describe it (sampled as the bundled demo was tuned)")
-    demo.add_argument("--prompt", default="a red circle to the left of a blue square")
-    demo.add_argument("--instruction", default="make the red circle green")
+    demo.add_argument("--prompt", default=BUNDLED_DEMO_PROMPT)
+    demo.add_argument("--instruction", default=BUNDLED_DEMO_EDITS[0])
     demo.add_argument("--edit-refine-strength", type=float, default=tuned["edit_refine_strength"],
                       help="--refine-strength of the edit (default %(default)s: each scale after the first starts from the previous one re-noised to it, every scale reading the image)")
     demo.add_argument("--edit-guidance", type=float, default=tuned["edit_guidance"], help="--guidance of the edit (default %(default)s)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..hieraquery_core.checkpoint import BUNDLED_DEMO_PROMPT
 from . import jobs
 from .comfy_runtime import ProgressBarSink
 from .widgets import (
@@ -29,7 +30,7 @@ class HieraQueryQueryEncode(io.ComfyNode):
                         "compares against is encoded too.",
             inputs=[
                 model_input(),
-                io.String.Input("prompt", multiline=True, dynamic_prompts=True, default="a red circle to the left of a blue square",
+                io.String.Input("prompt", multiline=True, dynamic_prompts=True, default=BUNDLED_DEMO_PROMPT,
                                 tooltip="What to paint or, with an input image, the change to make (e.g. 'make the red circle green')."),
                 image_input("Optional: the image to edit. Leave unconnected for text to image.", optional=True),
             ],

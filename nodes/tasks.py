@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..hieraquery_core.checkpoint import BUNDLED_DEMO_EDITS, BUNDLED_DEMO_PROMPT
 from . import jobs
 from .comfy_runtime import ProgressBarSink
 from .widgets import (
@@ -24,7 +25,7 @@ class HieraQueryGenerate(io.ComfyNode):
                         "image and every scale's image.",
             inputs=[
                 model_input(),
-                io.String.Input("prompt", multiline=True, dynamic_prompts=True, default="a red circle to the left of a blue square",
+                io.String.Input("prompt", multiline=True, dynamic_prompts=True, default=BUNDLED_DEMO_PROMPT,
                                 tooltip="What to paint, in words the checkpoint knows (the ShapesWorld demo: colours, shapes, counts, left/right/above/below)."),
                 seed_input(),
                 steps_input(),
@@ -77,7 +78,7 @@ class HieraQueryEdit(io.ComfyNode):
             "HieraQueryEdit", "HieraQuery Edit",
             "Changes an image by an instruction: the frozen multimodal LLM reads the image and the instruction, and the diffusion "
             "transformer repaints it coarse to fine. Chain Edit nodes for several changes.",
-            io.String.Input("instruction", multiline=True, default="make the red circle green",
+            io.String.Input("instruction", multiline=True, default=BUNDLED_DEMO_EDITS[0],
                             tooltip="The change to make, e.g. 'make the red circle green', 'remove the blue square', 'add a yellow triangle'."),
         )
 

@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
-from hieraquery_core.checkpoint import load_checkpoint
+from hieraquery_core import shapesworld as sw
+from hieraquery_core.checkpoint import BUNDLED_DEMO_EDITS, BUNDLED_DEMO_PROMPT, load_checkpoint
 from hieraquery_core.model import HieraQuery
 from hieraquery_core.tiny import tiny_config
 from test_train_distributed import launch_two_cpu_processes
-from train import ablations, make_demo
+from train import ablations, make_demo, publish_demo
+from train.evaluate import EvalSettings
 from train.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -107,6 +112,76 @@ def test_publish_lists_unpublished_runs_between_the_replaced_model_and_the_new_o
     stage = json.loads((tmp_path / "asset" / "stage.json").read_text())
     assert stage["earlier_commands"] == ["first run", "published run", "unpublished run"] and stage["command"] == "second run"
     assert stage["previous"] == replaced and (tmp_path / "asset" / "weights").read_text() == "new"
+
+
+def test_publish_demo_runs_the_checks_renames_the_bundled_reports_and_publishes_only_a_better_run(interrupted_then_resumed, tmp_path):
+    """train.publish_demo on a finished run: the four publishing checks, the bundled model's reports renamed, the
+    run's in their place, the checkpoint published with make_demo's record; refusals change nothing."""
+    root, *_ = interrupted_then_resumed
+    runs, asset, results = tmp_path / "runs", tmp_path / "asset", tmp_path / "results"
+    shutil.copytree(root / "runs" / "edit", runs / "edit")  # the run, scored afresh (other tests score other models into root's eval.json)
+    shutil.copytree(root / "asset", asset)
+    results.mkdir()
+    run_args = demo_args(tmp_path, "--publish-to", str(asset), "--no-publish")
+    parsed = make_demo.parse_args(run_args)
+    run_report = make_demo.evaluate_checkpoint(runs / "edit" / "final", make_demo.eval_settings(parsed, parsed.eval_edits), runs / "eval.json", torch.device("cpu"))
+    bundled = {**run_report, "geneval": {**run_report["geneval"], "overall": run_report["geneval"]["overall"] - 0.01}}
+    (results / "demo-source-edit.json").write_text(json.dumps(bundled))
+    (results / "demo-source-edit-refine-1.0.json").write_text("the bundled model's from-noise report")
+    replaced = json.loads((asset / "stage.json").read_text())
+    command = ["--retire-as", "old", "--results", str(results), "--seeds", "2", "--", *run_args]
+    assert publish_demo.main(command) == 0
+    assert json.loads((results / "demo-source-edit-old.json").read_text()) == bundled
+    assert (results / "demo-source-edit-old-refine-1.0.json").read_text() == "the bundled model's from-noise report"
+    assert json.loads((results / "demo-source-edit.json").read_text()) == run_report
+    checks = {check: json.loads((results / f"demo-source-edit-{check}.json").read_text()) for check in publish_demo.CHECKS}
+    assert checks == {check: json.loads((runs / "publish" / f"{check}.json").read_text()) for check in publish_demo.CHECKS}
+    assert (checks["refine-1.0"]["settings"]["refine_strength"], checks["refine-1.0"]["settings"]["n_edits"]) == (1.0, 0)
+    assert checks["edit-refine-1.0"]["settings"]["edit_refine_strength"] == 1.0 and "overall" in checks["edit-refine-1.0"]["edit_accuracy"]
+    assert set(checks["sampling-check"]["refine_strength_tuning_on_validation_prompts"]) == {"0.9", "1.0"}  # 0.1 either side of the run's 1.0, within 1
+    assert checks["seed-check"]["seeds"] == [0, 1] and list(checks["seed-check"]["passed"]) == [BUNDLED_DEMO_PROMPT, *BUNDLED_DEMO_EDITS]
+    assert same_weights(asset, runs / "edit" / "final")
+    stage = json.loads((asset / "stage.json").read_text())
+    assert stage["previous"] == {**replaced, "results": str(results / "demo-source-edit-old.json")}
+    assert stage["results"] == str(results / "demo-source-edit.json") and stage["published_by"].startswith("train.publish_demo: headline")
+    assert stage["command"] == " ".join(["python -m train.make_demo", *command[command.index("--") + 1 :]]) and stage["plan"] == {} and stage["processes"] == 1
+    published = (asset / "stage.json").stat().st_mtime_ns
+    assert publish_demo.main(command) == 2  # the retired names are taken
+    assert publish_demo.main([*command[:1], "again", *command[2:]]) == 2  # the same run again: a tie is not better
+    (results / "demo-source-edit.json").write_text(json.dumps({**bundled, "settings": {**bundled["settings"], "guidance": 9.0}}))
+    assert publish_demo.main([*command[:1], "other", *command[2:]]) == 2  # scored otherwise
+    assert (asset / "stage.json").stat().st_mtime_ns == published and not list(results.glob("*again*")) and not list(results.glob("*other*"))
+
+
+def test_seed_check_follows_the_edit_chain_and_scores_each_step(monkeypatch):
+    """Painted as named on every seed, edited correctly on even seeds only (an odd seed's edits leave the image as it
+    was): the prompt passes everywhere, each edit and the whole chain on the even seeds."""
+    class Painter:  # stands for HieraQueryPipeline, painting ground-truth renders
+        def __init__(self, model):
+            self.scene = None
+
+        def pixels(self):
+            return SimpleNamespace(final=torch.from_numpy(sw.render(self.scene)).permute(2, 0, 1)[None].float() / 255)
+
+        def generate(self, prompt, seed, options):
+            self.scene = sw.scene_for_prompt(prompt, np.random.default_rng(seed))
+            return self.pixels()
+
+        def edit(self, pixels, instruction, seed, options):
+            if seed % 2 == 0:
+                self.scene = sw.apply_instruction(self.scene, instruction, np.random.default_rng(seed))
+            return self.pixels()
+
+    monkeypatch.setattr(publish_demo, "HieraQueryPipeline", Painter)
+    report = publish_demo.seed_check(None, EvalSettings(), range(4))
+    assert report["passed"] == {BUNDLED_DEMO_PROMPT: [0, 1, 2, 3], **{edit: [0, 2] for edit in BUNDLED_DEMO_EDITS}} and report["all_passed"] == [0, 2]
+
+
+def test_publish_demo_wants_the_runs_make_demo_arguments_and_a_plain_name(capsys):
+    for argv in (["--retire-as", "old"], ["--retire-as", "old", "--"], ["--retire-as", "../old", "--", "--steps", "0,0,1"]):
+        with pytest.raises(SystemExit):
+            publish_demo.parse_args(argv)
+        assert "--" in capsys.readouterr().err
 
 
 def test_init_from_starts_the_first_stage_from_an_earlier_model(interrupted_then_resumed):

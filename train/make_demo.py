@@ -55,6 +55,7 @@ import torch
 from hieraquery_core.checkpoint import CONFIG_NAME, STAGE_NAME, WEIGHTS_NAME, load_checkpoint, replace_directory
 from hieraquery_core.config import HieraQueryConfig
 from hieraquery_core.errors import HieraQueryError
+from hieraquery_core.plan import parse_plan
 from hieraquery_core.shapesworld.spec import MIN_GAP
 from train import shapesworld_mllm, shapesworld_vae
 from train.data import STAGES
@@ -159,6 +160,11 @@ def train_stages(args: argparse.Namespace, config: HieraQueryConfig, state) -> P
     return None if previous is None else previous / "final"
 
 
+def last_stage(args: argparse.Namespace) -> Path | None:
+    """The run folder of the last stage with a budget, whose ``final/`` is the model make_demo evaluates (None if every budget is 0)."""
+    return next((args.runs / stage for stage, steps in reversed(list(zip(STAGES, args.steps))) if steps), None)
+
+
 def headline(report: dict) -> float:
     """The number two demo checkpoints are compared by: GenEval overall, averaged with edit accuracy where measured."""
     scores = [report["geneval"]["overall"], *([report["edit_accuracy"]["overall"]] if "edit_accuracy" in report else [])]
@@ -173,16 +179,19 @@ def evaluate_checkpoint(folder: Path, settings: EvalSettings, out: Path, device:
     return report
 
 
-def publish(checkpoint: Path, target: Path, provenance: dict) -> None:
+def publish(checkpoint: Path, target: Path, provenance: dict, previous_results: str | None = None) -> None:
     """Copy a checkpoint folder to ``target`` with ``stage.json`` (how it was made), replacing it atomically.
 
     When ``target`` already holds a published model, the new ``stage.json`` keeps that model's whole record as
     ``previous`` and every earlier command in ``earlier_commands``: the replaced model's, then any the provenance
     itself lists (unpublished runs between that model and this one), so a published checkpoint carries its full
-    history (docs/demo-and-ablations.md section 3)."""
+    history (docs/demo-and-ablations.md section 3). ``previous_results`` replaces the path of the replaced model's
+    report in that record (its report renamed on publishing, :mod:`train.publish_demo`)."""
     record = target / STAGE_NAME
     if record.is_file():
         previous = json.loads(record.read_text())
+        if previous_results is not None:
+            previous["results"] = previous_results
         provenance = {**provenance, "earlier_commands": [*previous.get("earlier_commands", []), *([previous["command"]] if "command" in previous else []),
                                                          *provenance.get("earlier_commands", [])],
                       "previous": previous}
@@ -191,6 +200,22 @@ def publish(checkpoint: Path, target: Path, provenance: dict) -> None:
     shutil.copytree(checkpoint, tmp)
     (tmp / record.name).write_text(json.dumps(provenance, indent=2) + "\n")
     replace_directory(tmp, target)
+
+
+def provenance(args: argparse.Namespace, processes: int, report: dict, results: str, published_by: str) -> dict:
+    """The ``stage.json`` record of a make_demo run published to ``args.publish_to``: its recipe, command and held-out
+    scores (``report``, written to ``results``), and who published it on what grounds."""
+    init_from = None if args.init_from is None else str(args.init_from)
+    if args.init_from is not None and args.init_from.resolve() == args.publish_to.resolve():
+        init_from += " (the model bundled before; its stage.json is 'previous', its commands are earlier_commands)"
+    return {"stages": dict(zip(STAGES, args.steps)), "batch": args.batch, "processes": processes, "lr": args.lr, "seed": args.seed,
+            "replay_share": args.replay_share, "edit_distractors": args.edit_distractors, "caption_order": args.caption_order,
+            "category_weights": args.category_weights, "position_colours": args.position_colours, "min_gap": args.min_gap,
+            "plan": parse_plan(args.plan or ""), "ema_decay": args.ema_decay,
+            "dropped_prompt_keeps_image": args.dropped_prompt_keeps_image, "init_from": init_from,
+            "command": " ".join(["python -m train.make_demo", *args.argv]),
+            "eval": {k: report[k] for k in ("settings", "geneval", "edit_accuracy", "reconstruction_accuracy") if k in report},
+            "results": results, "published_by": published_by}
 
 
 def evaluate_and_publish(final: Path, args: argparse.Namespace, processes: int, device: torch.device) -> bool:
@@ -208,14 +233,7 @@ def evaluate_and_publish(final: Path, args: argparse.Namespace, processes: int, 
             print(f"not published: {new:.3f} does not beat {args.publish_to}'s {old:.3f} (--force-publish to publish anyway)", flush=True)
             return False
         published_by = f"train.make_demo: headline (GenEval + edits) / 2 = {new:.3f} against {old:.3f} for the model it replaced"
-    publish(final, args.publish_to, {"stages": dict(zip(STAGES, args.steps)), "batch": args.batch, "processes": processes, "lr": args.lr, "seed": args.seed,
-                                     "replay_share": args.replay_share, "edit_distractors": args.edit_distractors, "caption_order": args.caption_order,
-                                     "category_weights": args.category_weights, "position_colours": args.position_colours, "min_gap": args.min_gap,
-                                     "ema_decay": args.ema_decay,
-                                     "dropped_prompt_keeps_image": args.dropped_prompt_keeps_image, "init_from": None if args.init_from is None else str(args.init_from),
-                                     "command": " ".join(["python -m train.make_demo", *args.argv]),
-                                     "eval": {k: report[k] for k in ("settings", "geneval", "edit_accuracy", "reconstruction_accuracy") if k in report},
-                                     "results": str(args.runs / "eval.json"), "published_by": published_by})
+    publish(final, args.publish_to, provenance(args, processes, report, str(args.runs / "eval.json"), published_by))
     print(f"published {final} to {args.publish_to}", flush=True)
     return True
 

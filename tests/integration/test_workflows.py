@@ -24,7 +24,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 import comfyui_harness as harness
-from hieraquery_core.checkpoint import BUNDLED_DEMO_SEED, bundled_demo, load_checkpoint
+from hieraquery_core.checkpoint import BUNDLED_DEMO_EDITS, BUNDLED_DEMO_PROMPT, BUNDLED_DEMO_SEED, bundled_demo, load_checkpoint
 from hq_checkpoints import DEMO_IS_BUNDLED, DEMO_NAME, DEMO_SIZE, assert_not_blank, messages_of, read_rgb
 
 WORKFLOW_DIR = harness.REPO_ROOT / "workflows"
@@ -88,6 +88,19 @@ def test_workflows_are_the_shipped_set_listed_as_templates_and_load_the_demo(com
         assert any(n["type"] == "Note" for n in workflow["nodes"]), f"{stem}: explain the workflow in a Note"
         seeds = [v[i - 1] for n in workflow["nodes"] if (v := n.get("widgets_values")) for i, w in enumerate(v) if w == "fixed"]
         assert seeds and set(seeds) == {BUNDLED_DEMO_SEED}, f"{stem}: fixed seeds {seeds}; the examples use the demo's seed"
+
+
+def test_the_edit_chain_workflow_is_the_chain_publishing_checks():
+    """train.publish_demo checks a model to be bundled on BUNDLED_DEMO_PROMPT and BUNDLED_DEMO_EDITS: the shipped chain."""
+    workflow = ui_workflow("hieraquery_edit_chain")
+    image_from = {(link[3], link[4]): link[1] for link in workflow["links"] if link[5] == "IMAGE"}  # (node, input slot) -> the node it reads
+    [node] = [n for n in workflow["nodes"] if n["type"] == "HieraQueryGenerate"]
+    assert node["widgets_values"][0] == BUNDLED_DEMO_PROMPT
+    chain = []
+    while edit := next((n for n in workflow["nodes"] if n["type"] == "HieraQueryEdit" and image_from.get((n["id"], 1)) == node["id"]), None):
+        chain.append(edit["widgets_values"][0])
+        node = edit
+    assert tuple(chain) == BUNDLED_DEMO_EDITS
 
 
 @pytest.mark.parametrize("stem", sorted(WORKFLOWS))
