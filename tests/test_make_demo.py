@@ -129,7 +129,7 @@ def test_publish_demo_runs_the_checks_renames_the_bundled_reports_and_publishes_
     (results / "demo-source-edit.json").write_text(json.dumps(bundled))
     (results / "demo-source-edit-refine-1.0.json").write_text("the bundled model's from-noise report")
     replaced = json.loads((asset / "stage.json").read_text())
-    command = ["--retire-as", "old", "--results", str(results), "--seeds", "2", "--", *run_args]
+    command = ["--retire-as", "old", "--earlier-command", "unpublished run", "--results", str(results), "--seeds", "2", "--", *run_args]
     assert publish_demo.main(command) == 0
     assert json.loads((results / "demo-source-edit-old.json").read_text()) == bundled
     assert (results / "demo-source-edit-old-refine-1.0.json").read_text() == "the bundled model's from-noise report"
@@ -143,6 +143,7 @@ def test_publish_demo_runs_the_checks_renames_the_bundled_reports_and_publishes_
     assert same_weights(asset, runs / "edit" / "final")
     stage = json.loads((asset / "stage.json").read_text())
     assert stage["previous"] == {**replaced, "results": str(results / "demo-source-edit-old.json")}
+    assert stage["earlier_commands"] == [*replaced.get("earlier_commands", []), replaced["command"], "unpublished run"]
     assert stage["results"] == str(results / "demo-source-edit.json") and stage["published_by"].startswith("train.publish_demo: headline")
     assert stage["command"] == " ".join(["python -m train.make_demo", *command[command.index("--") + 1 :]]) and stage["plan"] == {} and stage["processes"] == 1
     published = (asset / "stage.json").stat().st_mtime_ns

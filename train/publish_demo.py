@@ -19,7 +19,8 @@ its command and recipe, :func:`train.make_demo.provenance`):
 3. The bundled model's reports ``results/demo-source-edit{,-refine-1.0,-edit-refine-1.0,-sampling-check,-seed-check}.json``
    are renamed ``results/demo-source-edit-<retire-as>{...}.json``, the run's take their names, and the
    checkpoint is published (:func:`train.make_demo.publish`): its ``stage.json`` keeps the replaced model's record,
-   whose ``results`` names the renamed report.
+   whose ``results`` names the renamed report. A run trained on from an unpublished one (``--init-from
+   runs/X/edit/final``) names that run's command with ``--earlier-command``, so the record keeps every command.
 
 The README's and the docs' figures are then updated by hand from these reports.
 """
@@ -124,9 +125,10 @@ def report_names(results: Path, suffix: str = "") -> dict[str, Path]:
     return {"": results / f"{stem}.json", **{check: results / f"{stem}-{check}.json" for check in CHECKS}}
 
 
-def publish_run(args: argparse.Namespace, retire_as: str, results: Path, seeds: int = SEEDS) -> None:
+def publish_run(args: argparse.Namespace, retire_as: str, results: Path, seeds: int = SEEDS, earlier_commands: Sequence[str] = ()) -> None:
     """The whole command (module docstring) for the make_demo run ``args``; refuses before writing anything when
-    the run is unfinished, lost to the bundled model, or was scored otherwise, or when a retired name is taken."""
+    the run is unfinished, lost to the bundled model, or was scored otherwise, or when a retired name is taken.
+    ``earlier_commands``: the commands of unpublished runs the run was trained on from (its ``--init-from``), oldest first."""
     stage, report_path = make_demo.last_stage(args), args.runs / "eval.json"
     require(stage is not None and report_path.is_file() and (stage / "final").is_dir(),
             f"{args.runs} holds no finished make_demo run ({report_path} and its last stage's final/); give the run's own make_demo arguments after --")
@@ -150,7 +152,7 @@ def publish_run(args: argparse.Namespace, retire_as: str, results: Path, seeds: 
     for check in CHECKS:
         shutil.copyfile(args.runs / "publish" / f"{check}.json", current[check])
     published_by = f"train.publish_demo: headline (GenEval + edits) / 2 = {new:.4f} against {old:.4f} for the model bundled before ({shown(retired[''])}), the same settings"
-    record = make_demo.provenance(args, processes(stage), report, shown(current[""]), published_by)
+    record = {**make_demo.provenance(args, processes(stage), report, shown(current[""]), published_by), "earlier_commands": list(earlier_commands)}
     make_demo.publish(final, args.publish_to, record, previous_results=shown(retired[""]))
     print(f"published {final} to {args.publish_to}; the reports of the model bundled before are now {shown(retired[''])} and its checks", flush=True)
 
@@ -168,10 +170,12 @@ def processes(stage: Path) -> int:
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace]:
     """This command's own arguments, and the make_demo arguments after ``--``."""
     parser = argparse.ArgumentParser(prog="python -m train.publish_demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     usage="%(prog)s --retire-as NAME [--results DIR] [--seeds N] -- <the run's make_demo arguments>")
+                                     usage="%(prog)s --retire-as NAME [--earlier-command COMMAND ...] [--results DIR] [--seeds N] -- <the run's make_demo arguments>")
     parser.add_argument("--retire-as", required=True, metavar="NAME",
                         help="the bundled model's reports are renamed results/demo-source-edit-NAME*.json (e.g. plan6-lr1e-4-1500editsteps)")
     parser.add_argument("--results", type=Path, default=make_demo.ROOT / "results", help="the reports folder (default: the repository's results/)")
+    parser.add_argument("--earlier-command", action="append", default=[], metavar="COMMAND",
+                        help="the command of an unpublished run this one was trained on from (--init-from); repeat, oldest first")
     parser.add_argument("--seeds", type=make_demo.positive, default=SEEDS, help="seeds 0..N-1 of the seed check (default %(default)s)")
     split = argv.index("--") if "--" in argv else len(argv)
     own = parser.parse_args(argv[:split])
@@ -187,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     own, run = parse_args(sys.argv[1:] if argv is None else list(argv))
     torch.set_num_threads(run.threads)
     try:
-        publish_run(run, own.retire_as, own.results, own.seeds)
+        publish_run(run, own.retire_as, own.results, own.seeds, own.earlier_command)
     except HieraQueryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
