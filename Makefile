@@ -39,8 +39,9 @@ bench-smoke: venv
 ## recipe in one cosine (3,600 steps; the bundled model had more, in three runs, see its stage.json), then the
 ## edit stage with a DiT that also reads the source image, a dropped instruction keeping it as the target (2,000 steps;
 ## the bundled model had 19,000, in ten runs, the flag in the last six, then 22,000 more text-to-image steps in caption
-## order, 4,000 on an MLLM taught where objects stand and 25,500 more edit steps, the last 13,000 with the MLLM's
-## answers about the layout in the prompt, --plan: docs/demo-and-ablations.md section 3).
+## order, 4,000 on an MLLM taught where objects stand and 26,300 more edit steps, the last 13,800 with the MLLM's
+## answers about the layout in the prompt, --plan, the last 800 with scenes 4 px apart, --min-gap 4: docs/demo-and-ablations.md
+## section 3).
 ## Each publishes only if it beats the bundled model.
 demo-checkpoint: venv
 	$(BIN)/python -m train.make_demo --config train/configs/shapesworld-demo-latent.json --steps 3600,0,0 --refine-strength 0.2 --runs runs/demo

@@ -175,18 +175,19 @@ BUNDLED_DEMO_SAMPLING = {"steps": 16, "guidance": 4.0, "refine_strength": 0.4, "
 """The sampling settings the bundled demo was tuned for on training-split prompts and validation edits, never on
 held-out ones (docs/demo-and-ablations.md section 3, "The sampling re-tuned", and the check on the model bundled now):
 in text-to-image each scale after the first starts from the previous one re-noised to 0.4, at guidance 4 (held-out
-GenEval 0.867, against 0.620 with every scale from noise); an edit reads the input image at every scale, starts each
-scale after the first from the previous one re-noised to 0.7 (held-out edits 0.915, against 0.865 with every scale
+GenEval 0.867, against 0.580 with every scale from noise); an edit reads the input image at every scale, starts each
+scale after the first from the previous one re-noised to 0.7 (held-out edits 0.930, against 0.885 with every scale
 from noise), with text guidance 1.5 (3 spreads a recolour over objects the instruction does not name: 0.685 against
 0.56 on validation edits of an earlier model)."""
 
 BUNDLED_DEMO_SEED = 2
-"""The seed of the ``demo`` command and the example workflows. With the model bundled at the end of 2026-12-06
-(session 32, the fourth model that plans) the demo prompt "a red circle to the left of a blue square" comes out as
-named for 9 of the seeds 0-11, and of the edit-chain workflow's edits "make the red circle green" succeeds on 8, "add
-a yellow triangle" on 12 and "remove the blue square" on 9 (each on the previous result; scored by the evaluator's
-``score_prompt`` and ``edit_correct``). Seeds 0, 2, 4, 6, 7, 8, 10 and 11 pass the prompt and all three edits; 2
-stays the seed, as it was for the models before, on which seeds 0 and 1 missed the prompt."""
+"""The seed of the ``demo`` command and the example workflows. With the model bundled in session 34 (2026-12-06, the
+first trained with scenes 4 px apart) the demo prompt "a red circle to the left of a blue square" comes out as named
+for 7 of the seeds 0-11, and of the edit-chain workflow's edits "make the red circle green" succeeds on 8, "add a
+yellow triangle" on 12 and "remove the blue square" on 8 (each on the previous result; scored by the evaluator's
+``score_prompt`` and ``edit_correct``; ``results/demo-source-edit-seed-check.json``, written by
+:func:`train.publish_demo.seed_check`). Seeds 0, 1, 2, 3, 6, 8 and 11 pass the prompt and all three edits; 2 stays
+the seed, as it was for the models before."""
 
 
 BUNDLED_DEMO_PROMPT = "a red circle to the left of a blue square"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -122,7 +123,7 @@ def test_publish_demo_runs_the_checks_renames_the_bundled_reports_and_publishes_
     shutil.copytree(root / "runs" / "edit", runs / "edit")  # the run, scored afresh (other tests score other models into root's eval.json)
     shutil.copytree(root / "asset", asset)
     results.mkdir()
-    run_args = demo_args(tmp_path, "--publish-to", str(asset), "--no-publish")
+    run_args = demo_args(tmp_path, "--publish-to", str(asset), "--no-publish", "--plan", "what is to the left=left,right")
     parsed = make_demo.parse_args(run_args)
     run_report = make_demo.evaluate_checkpoint(runs / "edit" / "final", make_demo.eval_settings(parsed, parsed.eval_edits), runs / "eval.json", torch.device("cpu"))
     bundled = {**run_report, "geneval": {**run_report["geneval"], "overall": run_report["geneval"]["overall"] - 0.01}}
@@ -145,7 +146,8 @@ def test_publish_demo_runs_the_checks_renames_the_bundled_reports_and_publishes_
     assert stage["previous"] == {**replaced, "results": str(results / "demo-source-edit-old.json")}
     assert stage["earlier_commands"] == [*replaced.get("earlier_commands", []), replaced["command"], "unpublished run"]
     assert stage["results"] == str(results / "demo-source-edit.json") and stage["published_by"].startswith("train.publish_demo: headline")
-    assert stage["command"] == " ".join(["python -m train.make_demo", *command[command.index("--") + 1 :]]) and stage["plan"] == {} and stage["processes"] == 1
+    assert shlex.split(stage["command"]) == ["python", "-m", "train.make_demo", *run_args]  # quoted: it runs as recorded
+    assert stage["plan"] == {"what is to the left": ["left", "right"]} and stage["processes"] == 1
     published = (asset / "stage.json").stat().st_mtime_ns
     assert publish_demo.main(command) == 2  # the retired names are taken
     assert publish_demo.main([*command[:1], "again", *command[2:]]) == 2  # the same run again: a tie is not better

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -213,7 +214,7 @@ def provenance(args: argparse.Namespace, processes: int, report: dict, results: 
             "category_weights": args.category_weights, "position_colours": args.position_colours, "min_gap": args.min_gap,
             "plan": parse_plan(args.plan or ""), "ema_decay": args.ema_decay,
             "dropped_prompt_keeps_image": args.dropped_prompt_keeps_image, "init_from": init_from,
-            "command": " ".join(["python -m train.make_demo", *args.argv]),
+            "command": f"python -m train.make_demo {shlex.join(args.argv)}",
             "eval": {k: report[k] for k in ("settings", "geneval", "edit_accuracy", "reconstruction_accuracy") if k in report},
             "results": results, "published_by": published_by}
 
