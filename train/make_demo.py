@@ -48,6 +48,7 @@ import json
 import shlex
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -349,14 +350,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def reporting_errors(action: Callable[[], object]) -> int:
+    """Run a command's ``action`` quietly (no per-file progress bars); its exit status: 0, or 2 after a
+    ``HieraQueryError``, printed as one ``error: ...`` line."""
     quiet_libraries()
     try:
-        run(parse_args(argv))
+        action()
     except HieraQueryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return reporting_errors(lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from hieraquery_core.checkpoint import BUNDLED_DEMO_EDITS, BUNDLED_DEMO_PROMPT, load_checkpoint
-from hieraquery_core.errors import HieraQueryError, require
+from hieraquery_core.errors import require
 from hieraquery_core.model import HieraQuery
 from hieraquery_core.pipeline import HieraQueryPipeline, SamplingOptions
 from hieraquery_core.shapesworld import edit_correct, score_prompt
@@ -187,15 +187,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace]
 
 
 def main(argv: list[str] | None = None) -> int:
-    make_demo.quiet_libraries()
     own, run = parse_args(sys.argv[1:] if argv is None else list(argv))
     torch.set_num_threads(run.threads)
-    try:
-        publish_run(run, own.retire_as, own.results, own.seeds, own.earlier_command)
-    except HieraQueryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return make_demo.reporting_errors(lambda: publish_run(run, own.retire_as, own.results, own.seeds, own.earlier_command))
 
 
 if __name__ == "__main__":
