@@ -115,15 +115,16 @@ def test_publish_lists_unpublished_runs_between_the_replaced_model_and_the_new_o
     assert stage["previous"] == replaced and (tmp_path / "asset" / "weights").read_text() == "new"
 
 
-def test_publish_demo_runs_the_checks_renames_the_bundled_reports_and_publishes_only_a_better_run(interrupted_then_resumed, tmp_path):
+def test_publish_demo_runs_the_checks_renames_the_bundled_reports_and_publishes_only_a_better_run(interrupted_then_resumed, tmp_path, capsys):
     """train.publish_demo on a finished run: the four publishing checks, the bundled model's reports renamed, the
     run's in their place, the checkpoint published with make_demo's record; refusals change nothing."""
     root, *_ = interrupted_then_resumed
-    runs, asset, results = tmp_path / "runs", tmp_path / "asset", tmp_path / "results"
+    runs, asset, results = tmp_path / "the runs", tmp_path / "asset", tmp_path / "results"  # a space: the recorded command is quoted
     shutil.copytree(root / "runs" / "edit", runs / "edit")  # the run, scored afresh (other tests score other models into root's eval.json)
     shutil.copytree(root / "asset", asset)
     results.mkdir()
-    run_args = demo_args(tmp_path, "--publish-to", str(asset), "--no-publish", "--plan", "what is to the left=left,right")
+    run_args = demo_args(tmp_path, "--publish-to", str(asset), "--no-publish")
+    run_args[run_args.index("--runs") + 1] = str(runs)
     parsed = make_demo.parse_args(run_args)
     run_report = make_demo.evaluate_checkpoint(runs / "edit" / "final", make_demo.eval_settings(parsed, parsed.eval_edits), runs / "eval.json", torch.device("cpu"))
     bundled = {**run_report, "geneval": {**run_report["geneval"], "overall": run_report["geneval"]["overall"] - 0.01}}
@@ -147,13 +148,17 @@ def test_publish_demo_runs_the_checks_renames_the_bundled_reports_and_publishes_
     assert stage["earlier_commands"] == [*replaced.get("earlier_commands", []), replaced["command"], "unpublished run"]
     assert stage["results"] == str(results / "demo-source-edit.json") and stage["published_by"].startswith("train.publish_demo: headline")
     assert shlex.split(stage["command"]) == ["python", "-m", "train.make_demo", *run_args]  # quoted: it runs as recorded
-    assert stage["plan"] == {"what is to the left": ["left", "right"]} and stage["processes"] == 1
+    assert stage["plan"] == {} and stage["processes"] == 1 and stage["lr"] == 1e-3
     published = (asset / "stage.json").stat().st_mtime_ns
     assert publish_demo.main(command) == 2  # the retired names are taken
+    capsys.readouterr()
+    assert publish_demo.main([*command[:1], "wrong", *command[2:], "--lr", "5e-4"]) == 2  # not the arguments the run was trained with
+    assert "lr 0.0005 (the run: 0.001)" in capsys.readouterr().err
     assert publish_demo.main([*command[:1], "again", *command[2:]]) == 2  # the same run again: a tie is not better
     (results / "demo-source-edit.json").write_text(json.dumps({**bundled, "settings": {**bundled["settings"], "guidance": 9.0}}))
     assert publish_demo.main([*command[:1], "other", *command[2:]]) == 2  # scored otherwise
     assert (asset / "stage.json").stat().st_mtime_ns == published and not list(results.glob("*again*")) and not list(results.glob("*other*"))
+    assert not list(results.glob("*wrong*"))
 
 
 def test_seed_check_follows_the_edit_chain_and_scores_each_step(monkeypatch):

@@ -8,7 +8,8 @@ publishing runs. This command does all of it, for the run that ``<the run's make
 (their ``--runs`` folder, its ``eval.json`` and ``edit/final``; the same arguments give the published record
 its command and recipe, :func:`train.make_demo.provenance`):
 
-1. The run's held-out report must have been scored with the settings of the bundled model's report
+1. The arguments must be the run's own (the recipe they give its last stage is the one its trainer recorded in
+   ``run.json``), and its held-out report must have been scored with the settings of the bundled model's report
    (``results/demo-source-edit.json``) and beat it on make_demo's headline (GenEval and edit accuracy averaged).
 2. The publishing checks are written to ``<runs>/publish/`` (a rerun reuses those already there):
    ``refine-1.0.json``, text-to-image painted from noise at every scale (the paper's independent scales) on the
@@ -43,6 +44,7 @@ from hieraquery_core.model import HieraQuery
 from hieraquery_core.pipeline import HieraQueryPipeline, SamplingOptions
 from hieraquery_core.shapesworld import edit_correct, score_prompt
 from train import evaluate, make_demo
+from train.data import STAGES
 from train.evaluate import EvalSettings, to_uint8
 
 REPORT = "demo-source-edit"
@@ -133,6 +135,7 @@ def publish_run(args: argparse.Namespace, retire_as: str, results: Path, seeds: 
     require(stage is not None and report_path.is_file() and (stage / "final").is_dir(),
             f"{args.runs} holds no finished make_demo run ({report_path} and its last stage's final/); give the run's own make_demo arguments after --")
     final = stage / "final"
+    check_recipe(args, stage)
     current, retired = report_names(results), report_names(results, f"-{retire_as}")
     require(current[""].is_file(), f"{current['']} (the bundled model's report) is missing; restore it from git before publishing")
     taken = [str(p) for p in retired.values() if p.exists()]
@@ -155,6 +158,18 @@ def publish_run(args: argparse.Namespace, retire_as: str, results: Path, seeds: 
     record = {**make_demo.provenance(args, processes(stage), report, shown(current[""]), published_by), "earlier_commands": list(earlier_commands)}
     make_demo.publish(final, args.publish_to, record, previous_results=shown(retired[""]))
     print(f"published {final} to {args.publish_to}; the reports of the model bundled before are now {shown(retired[''])} and its checks", flush=True)
+
+
+def check_recipe(args: argparse.Namespace, stage: Path) -> None:
+    """The make_demo arguments must be the run's own, since they become the published record: the recipe they give
+    its last stage must be the one its trainer recorded (``run.json``)."""
+    recorded = json.loads((stage / "run.json").read_text())["settings"]
+    given = {"steps": args.steps[STAGES.index(stage.name)], "batch_size": args.batch, "lr": args.lr, "seed": args.seed,
+             "replay_share": 0.0 if stage.name == "t2i" else args.replay_share, "caption_order": args.caption_order,
+             "category_weights": args.category_weights, "position_colours": args.position_colours, "min_gap": args.min_gap,
+             "ema_decay": args.ema_decay, "plan": args.plan}
+    wrong = [f"{name} {value!r} (the run: {recorded.get(name)!r})" for name, value in given.items() if recorded.get(name) != value]
+    require(not wrong, f"the make_demo arguments after -- are not those {stage.parent} was trained with: {', '.join(wrong)}; give the run's own")
 
 
 def shown(path: Path) -> str:
