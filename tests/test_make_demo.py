@@ -154,6 +154,8 @@ def test_publish_demo_runs_the_checks_renames_the_bundled_reports_and_publishes_
     capsys.readouterr()
     assert publish_demo.main([*command[:1], "wrong", *command[2:], "--lr", "5e-4"]) == 2  # not the arguments the run was trained with
     assert "lr 0.0005 (the run: 0.001)" in capsys.readouterr().err
+    assert publish_demo.main([*command[:1], "wrong", *command[2:], "--read-source"]) == 2  # an architecture flag it was not trained with
+    assert "read_source True (the run: False)" in capsys.readouterr().err
     assert publish_demo.main([*command[:1], "again", *command[2:]]) == 2  # the same run again: a tie is not better
     (results / "demo-source-edit.json").write_text(json.dumps({**bundled, "settings": {**bundled["settings"], "guidance": 9.0}}))
     assert publish_demo.main([*command[:1], "other", *command[2:]]) == 2  # scored otherwise

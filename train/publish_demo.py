@@ -161,13 +161,15 @@ def publish_run(args: argparse.Namespace, retire_as: str, results: Path, seeds: 
 
 
 def check_recipe(args: argparse.Namespace, stage: Path) -> None:
-    """The make_demo arguments must be the run's own, since they become the published record: the recipe they give
-    its last stage must be the one its trainer recorded (``run.json``)."""
+    """The make_demo arguments must be the run's own, since they become the published record: the recipe and the
+    architecture flags they give its last stage must be those its trainer recorded (``run.json``)."""
     recorded = json.loads((stage / "run.json").read_text())["settings"]
     given = {"steps": args.steps[STAGES.index(stage.name)], "batch_size": args.batch, "lr": args.lr, "seed": args.seed,
              "replay_share": 0.0 if stage.name == "t2i" else args.replay_share, "caption_order": args.caption_order,
              "category_weights": args.category_weights, "position_colours": args.position_colours, "min_gap": args.min_gap,
-             "ema_decay": args.ema_decay, "plan": args.plan}
+             "ema_decay": args.ema_decay, "plan": args.plan, "edit_distractors": args.edit_distractors if stage.name == "edit" else 0.0,
+             "dropped_prompt_keeps_image": args.dropped_prompt_keeps_image, "read_source": args.read_source, "dit_blocks": args.dit_blocks,
+             "softmax_new_blocks": args.softmax_new_blocks, "coarse_input": args.coarse_input, "prompt_tokens": args.prompt_tokens}
     wrong = [f"{name} {value!r} (the run: {recorded.get(name)!r})" for name, value in given.items() if recorded.get(name) != value]
     require(not wrong, f"the make_demo arguments after -- are not those {stage.parent} was trained with: {', '.join(wrong)}; give the run's own")
 
