@@ -138,6 +138,19 @@ def missing_asset(path: str | None, asset: Path, weights: str) -> bool:
     return bool(path) and Path(path).resolve() == asset.resolve() and not (asset / weights).is_file()
 
 
+def stage_settings(args: argparse.Namespace, stage: str, steps: int, *, config: HieraQueryConfig | None = None, init_from: Path | None = None,
+                   mllm: Path | None = None) -> TrainConfig:
+    """The trainer settings make_demo gives ``stage`` of the run that ``args`` describe (:func:`stage_config` with every
+    recipe and architecture flag of the command line)."""
+    return stage_config(stage, args.runs / stage, steps, args.batch, args.lr, args.seed, args.save_every,
+                        config=config, init_from=init_from, resume=args.resume, replay_share=args.replay_share,
+                        ema_decay=args.ema_decay, mllm=mllm, read_source=args.read_source, dit_blocks=args.dit_blocks, softmax_new_blocks=args.softmax_new_blocks,
+                        dropped_prompt_keeps_image=args.dropped_prompt_keeps_image, edit_distractors=args.edit_distractors,
+                        caption_order=args.caption_order, category_weights=args.category_weights, position_colours=args.position_colours,
+                        min_gap=args.min_gap, coarse_input=args.coarse_input,
+                        prompt_tokens=args.prompt_tokens, plan=args.plan)
+
+
 def train_stages(args: argparse.Namespace, config: HieraQueryConfig, state) -> Path | None:
     """Run the stages with a non-zero budget, each from the previous one's model; returns the last ``final/``.
     ``--mllm`` replaces the MLLM of the ``--init-from`` model in the first stage (later stages inherit it)."""
@@ -150,14 +163,7 @@ def train_stages(args: argparse.Namespace, config: HieraQueryConfig, state) -> P
         if args.resume and (out / "final" / CONFIG_NAME).is_file():
             state.print(f"[{stage}] already trained ({out / 'final'}), skipping")
         else:
-            cfg = stage_config(stage, out, steps, args.batch, args.lr, args.seed, args.save_every,
-                               config=config if previous is None else None, init_from=previous, resume=args.resume, replay_share=args.replay_share,
-                               ema_decay=args.ema_decay, mllm=mllm, read_source=args.read_source, dit_blocks=args.dit_blocks, softmax_new_blocks=args.softmax_new_blocks,
-                               dropped_prompt_keeps_image=args.dropped_prompt_keeps_image, edit_distractors=args.edit_distractors,
-                               caption_order=args.caption_order, category_weights=args.category_weights, position_colours=args.position_colours,
-                               min_gap=args.min_gap, coarse_input=args.coarse_input,
-                               prompt_tokens=args.prompt_tokens, plan=args.plan)
-            train(cfg)
+            train(stage_settings(args, stage, steps, config=config if previous is None else None, init_from=previous, mllm=mllm))
         previous, mllm = out, None
     return None if previous is None else previous / "final"
 

@@ -135,7 +135,8 @@ def publish_run(args: argparse.Namespace, retire_as: str, results: Path, seeds: 
     require(stage is not None and report_path.is_file() and (stage / "final").is_dir(),
             f"{args.runs} holds no finished make_demo run ({report_path} and its last stage's final/); give the run's own make_demo arguments after --")
     final = stage / "final"
-    check_recipe(args, stage)
+    trained = json.loads((stage / "run.json").read_text())
+    check_recipe(args, stage, trained["settings"])
     current, retired = report_names(results), report_names(results, f"-{retire_as}")
     require(current[""].is_file(), f"{current['']} (the bundled model's report) is missing; restore it from git before publishing")
     taken = [str(p) for p in retired.values() if p.exists()]
@@ -155,33 +156,28 @@ def publish_run(args: argparse.Namespace, retire_as: str, results: Path, seeds: 
     for check in CHECKS:
         shutil.copyfile(args.runs / "publish" / f"{check}.json", current[check])
     published_by = f"train.publish_demo: headline (GenEval + edits) / 2 = {new:.4f} against {old:.4f} for the model bundled before ({shown(retired[''])}), the same settings"
-    record = {**make_demo.provenance(args, processes(stage), report, shown(current[""]), published_by), "earlier_commands": list(earlier_commands)}
+    record = {**make_demo.provenance(args, trained["processes"], report, shown(current[""]), published_by), "earlier_commands": list(earlier_commands)}
     make_demo.publish(final, args.publish_to, record, previous_results=shown(retired[""]))
     print(f"published {final} to {args.publish_to}; the reports of the model bundled before are now {shown(retired[''])} and its checks", flush=True)
 
 
-def check_recipe(args: argparse.Namespace, stage: Path) -> None:
-    """The make_demo arguments must be the run's own, since they become the published record: the recipe and the
-    architecture flags they give its last stage must be those its trainer recorded (``run.json``)."""
-    recorded = json.loads((stage / "run.json").read_text())["settings"]
-    given = {"steps": args.steps[STAGES.index(stage.name)], "batch_size": args.batch, "lr": args.lr, "seed": args.seed,
-             "replay_share": 0.0 if stage.name == "t2i" else args.replay_share, "caption_order": args.caption_order,
-             "category_weights": args.category_weights, "position_colours": args.position_colours, "min_gap": args.min_gap,
-             "ema_decay": args.ema_decay, "plan": args.plan, "edit_distractors": args.edit_distractors if stage.name == "edit" else 0.0,
-             "dropped_prompt_keeps_image": args.dropped_prompt_keeps_image, "read_source": args.read_source, "dit_blocks": args.dit_blocks,
-             "softmax_new_blocks": args.softmax_new_blocks, "coarse_input": args.coarse_input, "prompt_tokens": args.prompt_tokens}
-    wrong = [f"{name} {value!r} (the run: {recorded.get(name)!r})" for name, value in given.items() if recorded.get(name) != value]
+RECIPE = ("steps", "batch_size", "lr", "seed", "replay_share", "caption_order", "category_weights", "position_colours", "min_gap", "ema_decay",
+          "plan", "edit_distractors", "dropped_prompt_keeps_image", "read_source", "dit_blocks", "softmax_new_blocks", "coarse_input", "prompt_tokens")
+"""The trainer settings of a run's last stage that its make_demo arguments decide and :func:`check_recipe` compares."""
+
+
+def check_recipe(args: argparse.Namespace, stage: Path, recorded: dict) -> None:
+    """The make_demo arguments must be the run's own, since they become the published record: the settings they give
+    its last stage (:func:`train.make_demo.stage_settings`) must be those its trainer recorded (``recorded``, from
+    ``run.json``) in every field of :data:`RECIPE`."""
+    given = asdict(make_demo.stage_settings(args, stage.name, args.steps[STAGES.index(stage.name)]))
+    wrong = [f"{name} {given[name]!r} (the run: {recorded.get(name)!r})" for name in RECIPE if recorded.get(name) != given[name]]
     require(not wrong, f"the make_demo arguments after -- are not those {stage.parent} was trained with: {', '.join(wrong)}; give the run's own")
 
 
 def shown(path: Path) -> str:
     """``path`` as the records name it: relative to the repository when inside it."""
     return str(path.resolve().relative_to(make_demo.ROOT)) if path.resolve().is_relative_to(make_demo.ROOT) else str(path)
-
-
-def processes(stage: Path) -> int:
-    """How many processes trained a stage (its trainer's ``run.json``)."""
-    return int(json.loads((stage / "run.json").read_text())["processes"])
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace]:
