@@ -22,7 +22,7 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from pathlib import Path
 
@@ -259,6 +259,26 @@ def evaluate_ground_truth(settings: EvalSettings) -> dict:
     return report
 
 
+def tuned_report(model: HieraQuery, settings: EvalSettings, tries: dict[str, Sequence[float]], tune_n: int, position_reps: int = 0) -> dict:
+    """The held-out report (:func:`evaluate_model`) after choosing each sampling setting of ``tries`` on ``tune_n``
+    validation prompts or edits (:func:`tune_setting`, in :data:`TUNABLE`'s order: the refine strength is tried at the
+    chosen guidance), with each setting's tuning scores; ``position_reps`` > 0 adds :func:`position_strings`.
+    ``settings`` is left as it was."""
+    require(set(tries) <= set(TUNABLE), f"cannot tune {', '.join(sorted(set(tries) - set(TUNABLE)))}; choose from {', '.join(TUNABLE)}")
+    settings = replace(settings)
+    tuning = {}
+    for name in (n for n in TUNABLE if n in tries):
+        tuning[name] = tune_setting(model, settings, name, tries[name], n=tune_n)
+        setattr(settings, name, max(tuning[name], key=lambda v: tuning[name][v]["overall"]))
+        print(f"validation overall by {name}: { {v: t['overall'] for v, t in tuning[name].items()} }; using {getattr(settings, name)}", flush=True)
+    report = evaluate_model(model, settings)
+    if position_reps:
+        report["position_strings"] = position_strings(model, settings, position_reps)
+    for name, scores in tuning.items():
+        report[f"{name}_tuning_on_validation_{'edits' if name.startswith('edit_') else 'prompts'}"] = {str(v): t for v, t in scores.items()}
+    return report
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -284,20 +304,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.ground_truth:
         report = {"source": "ground truth", **evaluate_ground_truth(settings)}
     else:
-        model = load_checkpoint(args.checkpoint)
+        tries = {name: [float(v) for v in values.split(",")] for name in TUNABLE if (values := getattr(args, f"tune_{name}"))}
         with torch.inference_mode():
-            tuning = {}
-            for name in TUNABLE:  # in this order: the refine strength is tried at the chosen guidance
-                values = getattr(args, f"tune_{name}")
-                if values:
-                    tuning[name] = tune_setting(model, settings, name, [float(v) for v in values.split(",")], n=args.tune_n)
-                    setattr(settings, name, max(tuning[name], key=lambda v: tuning[name][v]["overall"]))
-                    print(f"validation overall by {name}: { {v: t['overall'] for v, t in tuning[name].items()} }; using {getattr(settings, name)}", flush=True)
-            report = {"source": str(args.checkpoint), **evaluate_model(model, settings)}
-            if args.position_strings:
-                report["position_strings"] = position_strings(model, settings, args.position_strings)
-            for name, scores in tuning.items():
-                report[f"{name}_tuning_on_validation_{'edits' if name.startswith('edit_') else 'prompts'}"] = {str(v): t for v, t in scores.items()}
+            report = {"source": str(args.checkpoint),
+                      **tuned_report(load_checkpoint(args.checkpoint), settings, tries, args.tune_n, args.position_strings)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

@@ -33,7 +33,7 @@ import json
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -85,39 +85,42 @@ def seed_check(model: HieraQuery, settings: EvalSettings, seeds: Sequence[int]) 
             "all_passed": [s for s in seeds if all(s in p for p in passed.values())]}
 
 
-def around(value: float) -> str:
-    """``value`` and 0.1 either side of it, within (0, 1], as train.evaluate's --tune-* flags take them."""
-    return ",".join(f"{v:g}" for v in (round(value - 0.1, 3), value, round(value + 0.1, 3)) if 0 < v <= 1)
+def around(value: float) -> list[float]:
+    """``value`` and 0.1 either side of it, within (0, 1]: the values the sampling check tries."""
+    return [v for v in (round(value - 0.1, 3), value, round(value + 0.1, 3)) if 0 < v <= 1]
 
 
-def evaluate_flags(settings: EvalSettings, **changed) -> list[str]:
-    """train.evaluate's flags for ``settings`` with ``changed`` fields."""
-    return [f for name, value in asdict(settings).items() for f in (f"--{name.replace('_', '-')}", f"{changed.get(name, value):g}")]
+def check_report(check: str, final: Path, model: HieraQuery, settings: EvalSettings, seeds: int) -> dict:
+    """One publishing check of ``model`` (loaded from ``final``), whose held-out report was scored with ``settings``
+    (module docstring, step 2); the evaluations name their ``source`` as ``python -m train.evaluate`` does."""
+    if check == "seed-check":
+        return seed_check(model, settings, range(seeds))
+    if check == "refine-1.0":
+        report = evaluate.evaluate_model(model, replace(settings, n_edits=0, flow_n=0, refine_strength=1.0))
+    elif check == "edit-refine-1.0":
+        report = evaluate.evaluate_model(model, replace(settings, n=50, flow_n=0, edit_refine_strength=1.0))
+    else:
+        tries = {"refine_strength": around(settings.refine_strength), "edit_refine_strength": around(settings.edit_refine_strength)}
+        report = evaluate.tuned_report(model, replace(settings, n=50, n_edits=0, flow_n=0), tries, settings.n)
+    return {"source": str(final), **report}
 
 
-def run_checks(final: Path, settings: EvalSettings, out: Path, seeds: int, threads: int) -> None:
-    """Write the publishing checks of ``final`` to ``out`` (module docstring, step 2), skipping those already there.
-    Each report is written to a temporary name first, so an interrupted check is run again."""
+def run_checks(final: Path, settings: EvalSettings, out: Path, seeds: int) -> None:
+    """Write the publishing checks of ``final`` to ``out``, skipping those already there. Each report is written to a
+    temporary name first, so an interrupted check is run again."""
     out.mkdir(parents=True, exist_ok=True)
-    common = ["--checkpoint", str(final), "--threads", str(threads)]
-    evaluations = {
-        "refine-1.0": evaluate_flags(settings, n_edits=0, flow_n=0, refine_strength=1.0),
-        "edit-refine-1.0": evaluate_flags(settings, n=50, flow_n=0, edit_refine_strength=1.0),
-        "sampling-check": [*evaluate_flags(settings, n=50, n_edits=0, flow_n=0), "--tune-refine-strength", around(settings.refine_strength),
-                           "--tune-edit-refine-strength", around(settings.edit_refine_strength), "--tune-n", str(settings.n)],
-    }
-    for check in CHECKS:
-        report, partial = out / f"{check}.json", out / f".{check}.json.partial"
-        if report.is_file():
-            print(f"reusing {report}", flush=True)
-            continue
+    missing = [check for check in CHECKS if not (out / f"{check}.json").is_file()]
+    if len(missing) < len(CHECKS):
+        print(f"reusing {', '.join(str(out / f'{c}.json') for c in CHECKS if c not in missing)}", flush=True)
+    if not missing:
+        return
+    model = load_checkpoint(final)
+    for check in missing:
         print(f"publishing check {check} ...", flush=True)
-        if check == "seed-check":
-            with torch.inference_mode():
-                partial.write_text(json.dumps(seed_check(load_checkpoint(final), settings, range(seeds)), indent=2) + "\n")
-        else:
-            evaluate.main([*common, *evaluations[check], "--out", str(partial)])
-        partial.replace(report)
+        partial = out / f".{check}.json.partial"
+        with torch.inference_mode():
+            partial.write_text(json.dumps(check_report(check, final, model, settings, seeds), indent=2) + "\n")
+        partial.replace(out / f"{check}.json")
 
 
 def report_names(results: Path, suffix: str = "") -> dict[str, Path]:
@@ -148,7 +151,7 @@ def publish_run(args: argparse.Namespace, retire_as: str, results: Path, seeds: 
     new, old = make_demo.headline(report), make_demo.headline(bundled)
     require(new > old, f"{args.runs} does not beat the bundled model: headline (GenEval + edits) / 2 = {new:.4f} against {old:.4f}")
     settings = EvalSettings(**report["settings"])
-    run_checks(final, settings, args.runs / "publish", seeds, args.threads)
+    run_checks(final, settings, args.runs / "publish", seeds)
     for check, path in current.items():
         if path.is_file():
             path.rename(retired[check])
