@@ -106,7 +106,7 @@ def render(results: dict) -> str:
         parts += [f"{size}:", "", table(["component", "s", "%", "DiT GFLOP/s"], rows), ""]
     parts += ["### 3. DiT forward (full resolution, CFG batch 2) against the matmul peak", ""]
     parts.append(table(["size", "GFLOP", "s", "achieved GFLOP/s", "matmul peak GFLOP/s", "% of peak"], [
-        [size, e["dit_gflop"], e["dit_seconds"], e["achieved_gflops"], f"{e['peak_gflops']:.1f} (n={e['matmul_size']})", e["percent_of_peak"]]
+        [size, e["dit_gflop"], e["dit_seconds"], e["achieved_gflops"], f"{e['peak_gflops']:.1f} (n={e['matmul_size']}, {e['peak_product']})", e["percent_of_peak"]]
         for size, e in ((size, r["efficiency"]) for size, r in results["sizes"].items())
     ]))
     threads = [(size, t, row) for size, r in results["sizes"].items() for t, row in r.get("threads", {}).items()]

@@ -9,59 +9,101 @@ Two measured quirks of PyTorch's CPU matrix products, both about how the same ar
   row) measured faster on both: the medium DiT's 2x2- and 4x4-query scales 13-24 % faster on one thread,
   its full-size forward 17 % faster on two, the demo DiT's forward and backward at training batch 16 15 %
   faster. The autoencoders keep their convolutions (the medium DC-AE decode did not get faster).
-* Few rows against a large weight. ``F.linear(x, W)`` is ``addmm(b, x, W^T)``; with at most
-  :data:`FEW_ROWS` rows (a cascade's coarsest scale: 2 x 16 tokens under classifier-free guidance) and a
-  weight of at least :data:`LARGE_WEIGHT` entries, the same product taken the other way round,
-  ``addmm(b, W, x^T)^T``, measured 1.0-1.4x faster (MKL, one thread, Intel Xeon; the same values up to float rounding),
-  and the medium DiT's 2 x 16-token forward 14 % faster. With smaller weights (the ShapesWorld demo's
-  128-wide DiT) it measured 0.6-0.9x, so those keep ``F.linear``; from 128 rows up the two are even. On an AMD
-  EPYC (the same torch build and MKL, AVX2) it measured 0.94-1.12x at 32 and 64 rows and 0.73-0.97x at 8, and
-  the medium DiT's 2 x 16-token forward was 6 % slower with these layers than with plain ones (0.04 s of an
-  8.3 s cascade; BENCHMARKS.md, 2026-12-05 22:02). The choice is kept: picking the product per CPU would need a
-  start-up measurement.
+* Large weights at inference. PyTorch's ``F.linear`` hands BLAS the weight as it is stored, so every call repacks
+  it into the layout the kernel reads; with few rows (a cascade's coarsest scale: 2 x 16 tokens under
+  classifier-free guidance) that repacking is a large part of the product. oneDNN can pack a weight once
+  (PyTorch's oneDNN op ``torch.ops.mkldnn._reorder_linear_weight``) and multiply with the packed copy
+  (``torch.ops.mkldnn._linear_pointwise``); where the ops are missing or fail a first small product, ``F.linear`` is used. On an AMD EPYC core (one thread, the medium DiT's weight
+  shapes) the packed product ran 98-108 GFLOP/s at 32 rows against 63-85 for ``F.linear``, and 104-112 against 80-99
+  from 128 to 512 rows; the medium DiT's forward took 40 % less time at its coarsest scale, 21 % less at the middle
+  one and 12-15 % less at full size (BENCHMARKS.md, 2026-12-06 23:50). With the demo's 128-wide DiT it was as fast
+  or slower (oneDNN's per-call cost), so only weights of at least :data:`LARGE_WEIGHT` entries are packed. The
+  packed copy is kept on the layer (not a parameter or buffer: never saved, dropped when the layer moves or changes
+  dtype) and made again when the weight changes in place (an optimizer step, ``load_state_dict``); it costs one more
+  float32 copy of those weights in memory, so ``HIERAQUERY_CPU_PREPACK=0`` in the environment turns it off. It is
+  used only where no gradient is wanted (sampling, evaluation): training keeps ``F.linear`` and its autograd.
+  This replaces a few-row product with the operands swapped (2026-12-05), which measured 14 % faster on an Intel Xeon
+  and 6 % slower on the AMD EPYC.
 
 :func:`cpu_linear` makes the choice. :class:`PointwiseConv2d` and :class:`CpuLinear` are ``nn.Conv2d`` and
-``nn.Linear`` with only ``forward`` changed, so parameters, state dicts, device moves and
-``from_pretrained`` are untouched; :func:`cpu_linear_layers` gives them to a model. Off the CPU both are
+``nn.Linear`` with only ``forward`` changed (and ``_apply``, which drops the packed copy), so parameters, state dicts,
+device moves and ``from_pretrained`` are untouched; :func:`cpu_linear_layers` gives them to a model. Off the CPU both are
 their parent class (no GPU was lent to measure the trade there; cuDNN and cuBLAS run these shapes well).
 """
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-FEW_ROWS = 64
-"""At most this many rows (tokens x batch) take the swapped product."""
 LARGE_WEIGHT = 1 << 20
-"""... and only against a weight of at least this many entries."""
+"""Only weights of at least this many entries are packed (the medium DiT's 1152 x 1152 and up; not the demo's)."""
+PREPACK = os.environ.get("HIERAQUERY_CPU_PREPACK", "1") != "0"
+"""Whether large weights are packed for oneDNN at inference (``HIERAQUERY_CPU_PREPACK=0`` saves the packed copies' memory)."""
 
 
-def cpu_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(input, weight, bias)``; on the CPU, few rows against a large weight go through the swapped product."""
-    if input.device.type != "cpu" or weight.numel() < LARGE_WEIGHT or input.numel() > FEW_ROWS * weight.shape[1]:
-        return F.linear(input, weight, bias)
-    flat = input.reshape(-1, weight.shape[1]).t()
-    out = torch.mm(weight, flat) if bias is None else torch.addmm(bias[:, None], weight, flat)
-    return out.t().reshape(*input.shape[:-1], weight.shape[0])
+@functools.cache
+def onednn_linear() -> bool:
+    """Whether this torch build has oneDNN's packed linear product and it gives ``F.linear``'s result on a small case."""
+    try:
+        weight, x = torch.arange(6.0).reshape(3, 2), torch.ones(1, 2)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight)
+        return torch.equal(torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), F.linear(x, weight))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
 
 
-class PointwiseConv2d(nn.Conv2d):
+def packs(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether the product takes a packed weight: a large float32 weight on the CPU where no gradient is wanted."""
+    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias))
+    return (PREPACK and input.device.type == "cpu" and weight.numel() >= LARGE_WEIGHT and not wants_grad
+            and input.dtype == weight.dtype == torch.float32 and onednn_linear())
+
+
+class PackedLinear:
+    """A layer's oneDNN-packed copy of its weight, made again when the weight is replaced or changed in place.
+
+    A weight made under ``torch.inference_mode`` (a model loaded while ComfyUI runs a node) is an inference tensor,
+    which keeps no version counter: an in-place change to it is not seen until the layer is moved (``model.to``)."""
+
+    _packed: tuple[tuple, torch.Tensor] | None = None
+
+    def packed_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        key = (weight.data_ptr(), 0 if weight.is_inference() else weight._version, tuple(weight.shape))
+        if self._packed is None or self._packed[0] != key:
+            self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach()))
+        return self._packed[1]
+
+    def cpu_linear(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``F.linear(input, weight, bias)``, through the packed weight when :func:`packs`."""
+        if not packs(input, weight, bias):
+            return F.linear(input, weight, bias)
+        return torch.ops.mkldnn._linear_pointwise(input, self.packed_weight(weight), bias, "none", [], "")
+
+    def _apply(self, fn, recurse: bool = True):
+        self._packed = None  # a move or a dtype change: the next product packs the new weight
+        return super()._apply(fn, recurse)
+
+
+class PointwiseConv2d(PackedLinear, nn.Conv2d):
     """A 1x1, stride-1, unpadded, ungrouped ``nn.Conv2d`` that runs on the CPU as a linear map over the channels."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if input.device.type != "cpu" or input.dim() != 4:
             return super().forward(input)
         weight = self.weight.view(self.out_channels, self.in_channels)
-        return cpu_linear(input.permute(0, 2, 3, 1), weight, self.bias).permute(0, 3, 1, 2)
+        return self.cpu_linear(input.permute(0, 2, 3, 1), weight, self.bias).permute(0, 3, 1, 2)
 
 
-class CpuLinear(nn.Linear):
-    """``nn.Linear`` whose product goes through :func:`cpu_linear`."""
+class CpuLinear(PackedLinear, nn.Linear):
+    """``nn.Linear`` whose product goes through :meth:`PackedLinear.cpu_linear`."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return cpu_linear(input, self.weight, self.bias)
+        return self.cpu_linear(input, self.weight, self.bias)
 
 
 def is_pointwise(conv: nn.Module) -> bool:

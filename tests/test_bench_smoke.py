@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from bench import report, run, sampling, training
+from bench import efficiency, report, run, sampling, training
 from bench.breakdown import CAPTION, NESTED
 from bench.configs import build_model
+from hieraquery_core import cpu_linear
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # as the benchmark runs: two threads on a shared machine wait on each other
 
@@ -48,6 +50,18 @@ def test_smoke_run_measures_every_candidate(smoke: dict) -> None:
     for row in r["training"]:
         assert positive(row["step_seconds"]) and positive(row["samples_per_second"]) and row["working_memory_mb"] >= 0
         assert positive(row["adamw_seconds"]) and positive(row["adamw_fused_seconds"])
+
+
+def test_flops_count_the_packed_products_as_the_products_they_replace(monkeypatch) -> None:
+    layer, x = cpu_linear.CpuLinear(1024, 1024), torch.randn(2, 16, 1024)
+    counts = []
+    for prepack in (True, False):
+        monkeypatch.setattr(cpu_linear, "PREPACK", prepack)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            layer(x)
+        counts.append(counter.get_total_flops())
+    assert counts == [2 * 32 * 1024 * 1024] * 2 == [efficiency.packed_linear_flops(x.shape, layer.weight.shape)] * 2
+    assert (layer._packed is not None) == cpu_linear.onednn_linear()
 
 
 def test_breakdown_accounts_for_the_whole_run(smoke: dict) -> None:

@@ -1,18 +1,20 @@
-"""The DiT's linear maps on the CPU (cpu_linear.py): 1x1 convolutions as matmuls and few-row products taken the other
-way round give the same numbers and gradients as nn.Conv2d / nn.Linear, only per-pixel linear maps and plain linear
-layers change, and the DiT gets them when built, widened or loaded from a checkpoint."""
+"""The DiT's linear maps on the CPU (cpu_linear.py): 1x1 convolutions as matmuls and large weights packed for oneDNN at
+inference give the same numbers and gradients as nn.Conv2d / nn.Linear, the packed copy follows the weight, only
+per-pixel linear maps and plain linear layers change, and the DiT gets them when built, widened or loaded."""
 
 import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hieraquery_core.backbones import build_dit
 from hieraquery_core.checkpoint import bundled_demo, load_checkpoint
 from hieraquery_core.config import BackboneSpec
 from hieraquery_core.connector import ScaleCondition
-from hieraquery_core.cpu_linear import FEW_ROWS, LARGE_WEIGHT, CpuLinear, PointwiseConv2d, cpu_linear_layers, is_pointwise
+from hieraquery_core import cpu_linear
+from hieraquery_core.cpu_linear import LARGE_WEIGHT, CpuLinear, PointwiseConv2d, cpu_linear_layers, is_pointwise, onednn_linear
 from hieraquery_core.tiny import tiny_dit
 
 
@@ -44,23 +46,67 @@ def test_the_matmul_gives_the_convolutions_outputs_and_gradients(bias, channels_
     assert converted_output(nn.Conv2d(6, 10, 1, bias=bias), x).shape == (3, 10, 5, 7)
 
 
+needs_onednn = pytest.mark.skipif(not onednn_linear(), reason="this torch build has no oneDNN packed linear product; every product is F.linear")
+
+
+def large_layers(bias: bool) -> nn.Sequential:
+    torch.manual_seed(0)
+    return cpu_linear_layers(nn.Sequential(nn.Linear(1024, LARGE_WEIGHT // 1024, bias=bias), nn.Conv2d(1024, LARGE_WEIGHT // 1024, 1, bias=bias)))
+
+
+@needs_onednn
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("rows", [5, FEW_ROWS, FEW_ROWS + 1])
-def test_the_swapped_product_gives_the_linear_layers_outputs_and_gradients(bias, rows):
-    torch.manual_seed(0)
-    out = converted_output(nn.Linear(1024, LARGE_WEIGHT // 1024, bias=bias), torch.randn(1, rows, 1024))
-    assert out.is_contiguous() == (rows > FEW_ROWS)  # few rows: the transposed result of the swapped product
+@pytest.mark.parametrize("rows", [1, 32, 300])
+def test_large_weights_are_packed_at_inference_and_give_the_plain_products(bias, rows):
+    layers = large_layers(bias)
+    x, pixels = torch.randn(1, rows, 1024), torch.randn(2, 1024, 1, rows)
+    with torch.no_grad():
+        torch.testing.assert_close(layers[0](x), F.linear(x, layers[0].weight, layers[0].bias))
+        torch.testing.assert_close(layers[1](pixels), F.conv2d(pixels, layers[1].weight, layers[1].bias))
+    assert all(layer._packed is not None for layer in layers)
+    assert list(layers.state_dict()) == [k for k in ("0.weight", "0.bias", "1.weight", "1.bias") if bias or k.endswith("weight")]
 
 
-def test_a_large_pointwise_convolution_of_few_pixels_takes_the_swapped_product_too():
-    torch.manual_seed(0)
-    out = converted_output(nn.Conv2d(1024, LARGE_WEIGHT // 1024, 1), torch.randn(2, 1024, 4, 4))  # 32 pixels
-    assert out.permute(0, 2, 3, 1).stride(-1) == 32  # channels-last of the transposed product, not F.linear's
+@needs_onednn
+def test_the_packed_weight_follows_the_weight():
+    layer = large_layers(bias=True)[0]
+    x = torch.randn(4, 1024)
+    with torch.no_grad():
+        layer(x)
+        packed = layer._packed[1]
+        layer(x)
+        assert layer._packed[1] is packed  # made once, reused
+        layer.weight.mul_(-2.0)  # an in-place change (an optimizer step, load_state_dict)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+        layer.weight = nn.Parameter(0.03 * torch.randn_like(layer.weight))  # a new tensor, at the init's scale
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+    layer.double()
+    assert layer._packed is None  # a move or dtype change drops the copy; float64 then takes F.linear
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x.double()), F.linear(x.double(), layer.weight, layer.bias))
+    assert layer._packed is None
 
 
-def test_small_weights_keep_the_plain_product():
+@needs_onednn
+def test_a_model_loaded_in_inference_mode_is_packed_too():
+    with torch.inference_mode():  # how ComfyUI runs nodes: the weights are inference tensors, with no version counter
+        layer = large_layers(bias=True)[0]
+        x = torch.randn(4, 1024)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+        assert layer._packed is not None
+
+
+def test_training_and_small_weights_take_f_linear(monkeypatch):
+    layers = large_layers(bias=True)
+    out = converted_output(nn.Linear(1024, LARGE_WEIGHT // 1024), torch.randn(1, 32, 1024))  # outputs and gradients as nn.Linear
+    assert out.shape == (1, 32, 1024)
+    layers[0](torch.randn(2, 1024)).sum().backward()  # grad wanted: autograd's F.linear, nothing packed
     small = cpu_linear_layers(nn.Linear(128, 128))
-    assert small(torch.randn(2, 16, 128)).is_contiguous()  # F.linear's own layout: the swapped product measured slower here
+    with torch.no_grad():
+        small(torch.randn(2, 16, 128))  # the demo's widths: oneDNN's per-call cost outweighs the packing
+        monkeypatch.setattr(cpu_linear, "PREPACK", False)  # HIERAQUERY_CPU_PREPACK=0
+        layers[0](torch.randn(2, 1024))
+    assert small._packed is None and layers[0]._packed is None and layers[0].weight.grad is not None
 
 
 def test_only_per_pixel_linear_maps_are_converted():
