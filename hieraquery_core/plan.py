@@ -53,6 +53,18 @@ def planned_prompts(mllm: FrozenMLLM, prompts: Sequence[str], plan: Mapping[str,
     return out
 
 
+def plan_answers(planned: str, prompt: str, plan: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """The questions :func:`planned_prompts` asked about ``prompt`` and the answers it appended, read back from the
+    ``planned`` prompt (question -> answer; empty when nothing was asked)."""
+    require(planned.startswith(prompt), f"{planned!r} is not a planned form of {prompt!r}; give the prompt it was planned from")
+    answers = {}
+    for part in planned[len(prompt):].split(JOINER)[1:]:
+        question = next((q for q in plan if part.startswith(f"{q} ")), None)
+        require(question is not None, f"{part!r} in {planned!r} answers none of the plan's questions ({', '.join(plan)})")
+        answers[question] = part[len(question) + 1 :]
+    return answers
+
+
 def parse_plan(text: str) -> dict[str, list[str]]:
     """The command line's form of a plan, ``"QUESTION=WORD,WORD;QUESTION=WORD"``, as ``HieraQueryConfig.plan``
     ("" is no plan)."""

@@ -18,8 +18,8 @@ from hieraquery_core.shapesworld import HELDOUT_PROMPTS, RELATIONS, TRAIN_PROMPT
 from hieraquery_core.tiny import tiny_config
 from train import evaluate
 from train.ablations import VARIANTS, variant_config
-from train.evaluate import (EvalSettings, evaluate_ground_truth, evaluate_model, heldout_edits, heldout_flow_loss, main, score_generations,
-                            tune_setting, validation_edits)
+from train.evaluate import (EvalSettings, evaluate_ground_truth, evaluate_model, heldout_edits, heldout_flow_loss, main, plan_is_right, plan_report,
+                            score_generations, tune_setting, validation_edits)
 from train.make_demo import CONFIG, demo_config
 from train.shapesworld_mllm import WHICH_ASSET_DIR
 
@@ -161,6 +161,34 @@ def test_position_strings_paint_every_training_and_heldout_position_string(monke
             main(["--checkpoint", str(folder), *bad, "--out", str(tmp_path / "bad.json")])
         assert exit_.value.code == 2 and bad[0] in capsys.readouterr().err
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_a_plan_is_right_when_every_answer_names_the_shape_on_its_side():
+    plan = {"what is to the left": ["left", "right"], "what is to the right": ["left", "right"], "what is above": ["above", "below"]}
+    prompt = "a circle to the right of a triangle, outline style"
+    assert plan_is_right(prompt, f"{prompt} . what is to the left triangle . what is to the right circle", plan)
+    assert not plan_is_right(prompt, f"{prompt} . what is to the left triangle . what is to the right triangle", plan)
+    assert not plan_is_right(prompt, f"{prompt} . what is to the left circle", plan)
+    assert not plan_is_right(prompt, prompt, plan)  # nothing asked
+    assert plan_is_right("a red square above a blue circle", "a red square above a blue circle . what is above square", plan)
+    with pytest.raises(HieraQueryError, match="answers none of the plan's questions"):
+        plan_is_right(prompt, f"{prompt} . what is below circle", plan)
+    with pytest.raises(HieraQueryError, match="is not a planned form of"):
+        plan_is_right(prompt, "a circle . what is to the left circle", plan)
+
+
+def test_the_plan_report_splits_position_by_the_mllms_answers():
+    """The bundled demo's MLLM answers both sides right for 11 of the 13 held-out position strings; the report finds
+    the other two, and ground-truth images pass on both sides of the split."""
+    model = load_checkpoint(bundled_demo())
+    strings = sorted(HELDOUT_PROMPTS["position"])
+    prompts = [("position", p) for p in strings] + [("single_object", "a red circle")]
+    images = [render(scene_for_prompt(p, np.random.default_rng(i))) for i, (_, p) in enumerate(prompts)]
+    with torch.inference_mode():
+        report = plan_report(model, prompts, images)
+    assert report["right"] == pytest.approx(11 / 13)
+    assert report["where right"] == {"n": 11, "position": 1.0} and report["where wrong"] == {"n": 2, "position": 1.0}
+    assert report["wrong"] == [f"a square above a {shape} . what is above square . what is below square" for shape in ("circle", "triangle")]
 
 
 def test_refinement_makes_the_demo_paint_one_scene_at_every_scale():

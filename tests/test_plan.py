@@ -9,7 +9,7 @@ from hieraquery_core.checkpoint import bundled_demo, load_checkpoint, save_check
 from hieraquery_core.errors import HieraQueryError
 from hieraquery_core.model import HieraQuery, TrainingBatch
 from hieraquery_core.pipeline import HieraQueryPipeline, SamplingOptions
-from hieraquery_core.plan import JOINER, parse_plan, triggered_questions
+from hieraquery_core.plan import JOINER, parse_plan, plan_answers, triggered_questions
 from hieraquery_core.shapesworld import HELDOUT_PROMPTS, TRAIN_PROMPTS, parse_prompt
 from hieraquery_core.tiny import tiny_config
 
@@ -73,7 +73,8 @@ def test_the_bundled_demo_plans_both_sides_and_its_mllm_names_them_in_layout_ord
         wrong = []
         for prompt, planned in zip(prompts, model.plan(prompts)):
             questions, shapes = layout_sides(prompt)
-            if planned != JOINER.join([prompt, *(f"{q} {shape}" for q, shape in zip(questions, shapes))]):
+            assert list(plan_answers(planned, prompt, model.config.plan)) == list(questions)  # both sides, in layout order
+            if plan_answers(planned, prompt, model.config.plan) != dict(zip(questions, shapes)):
                 wrong.append(prompt)
         assert wrong == misses
 

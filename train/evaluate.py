@@ -34,9 +34,10 @@ from hieraquery_core.errors import require
 from hieraquery_core.images import resize
 from hieraquery_core.model import HieraQuery
 from hieraquery_core.pipeline import HieraQueryPipeline, SamplingOptions
+from hieraquery_core.plan import plan_answers
 from hieraquery_core.shapesworld import (CATEGORIES, HELDOUT_PROMPTS, TRAIN_PROMPTS, attribute_accuracy, cross_scale_consistency, edit_accuracy, edit_collateral, edit_outcomes, edit_triplets,
                                          geneval, heldout_pairs, heldout_prompts, reconstruction_accuracy, render, render_scales, sample_prompt,
-                                         relation_placement, score_prompt, shape_binding)
+                                         relation_placement, relation_which_question, score_prompt, shape_binding)
 from train.shapesworld_data import to_pixels
 
 EDIT_STREAM = 0x45444954  # "EDIT": the held-out edit triplets' random stream (never used for training)
@@ -215,11 +216,40 @@ def heldout_flow_loss(model: HieraQuery, settings: EvalSettings, sigmas: Sequenc
             "final_by_sigma": by_sigma}
 
 
+def plan_is_right(prompt: str, planned: str, plan: dict[str, list[str]]) -> bool:
+    """Whether a position prompt's plan asked something and every answer names the shape its relation puts on the
+    asked side (:func:`relation_which_question`: "a circle above a square" -> above "circle", below "square")."""
+    sides = dict(relation_which_question(prompt, flip) for flip in (False, True))
+    answers = plan_answers(planned, prompt, plan)
+    return bool(answers) and all(sides.get(question) == answer for question, answer in answers.items())
+
+
+def plan_report(model: HieraQuery, prompts: Sequence[tuple[str, str]], finals: Sequence[np.ndarray]) -> dict:
+    """For a model that plans (``HieraQueryConfig.plan``), on the position prompts: the share whose MLLM answers are all
+    right (:func:`plan_is_right`), the position score where they are and where they are not, and the planned prompts
+    that are wrong. Whether position fails in the DiT or already in the frozen MLLM's answers
+    (docs/demo-and-ablations.md section 3)."""
+    position = [(p, img) for (c, p), img in zip(prompts, finals) if c == "position"]
+    planned = model.plan([p for p, _ in position])
+    right = [plan_is_right(p, q, model.config.plan) for (p, _), q in zip(position, planned)]
+    scores = [score_prompt(p, img) for p, img in position]
+
+    def where(flag: bool) -> dict:
+        chosen = [s for s, r in zip(scores, right) if r == flag]
+        return {"n": len(chosen), "position": float(np.mean(chosen)) if chosen else None}
+
+    return {"right": float(np.mean(right)), "where right": where(True), "where wrong": where(False), "wrong": sorted({q for q, r in zip(planned, right) if not r})}
+
+
 def evaluate_model(model: HieraQuery, settings: EvalSettings) -> dict:
-    """The full held-out report of one model: text-to-image (GenEval, held-out flow loss), editing (when the MLLM sees images)."""
+    """The full held-out report of one model: text-to-image (GenEval, held-out flow loss, the plan's answers when it
+    plans), editing (when the MLLM sees images)."""
     start = time.time()
     prompts = heldout_prompts(settings.n, settings.seed)
-    report = {"settings": asdict(settings), **score_generations(prompts, generate_heldout(model, settings, prompts))}
+    scales = generate_heldout(model, settings, prompts)
+    report = {"settings": asdict(settings), **score_generations(prompts, scales)}
+    if model.config.plan and any(c == "position" for c, _ in prompts):
+        report["plan"] = plan_report(model, prompts, scales[-1])
     if settings.flow_n:
         report["flow_loss"] = heldout_flow_loss(model, settings)
     if settings.n_edits and model.mllm.supports_images:
