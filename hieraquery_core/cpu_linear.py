@@ -9,23 +9,24 @@ Two measured quirks of PyTorch's CPU matrix products, both about how the same ar
   row) measured faster on both: the medium DiT's 2x2- and 4x4-query scales 13-24 % faster on one thread,
   its full-size forward 17 % faster on two, the demo DiT's forward and backward at training batch 16 15 %
   faster. The autoencoders keep their convolutions (the medium DC-AE decode did not get faster).
-* Large weights at inference. PyTorch's ``F.linear`` hands BLAS the weight as it is stored, so every call repacks
-  it into the layout the kernel reads; with few rows (a cascade's coarsest scale: 2 x 16 tokens under
-  classifier-free guidance) that repacking is a large part of the product. oneDNN can pack a weight once
-  (PyTorch's oneDNN op ``torch.ops.mkldnn._reorder_linear_weight``) and multiply with the packed copy
-  (``torch.ops.mkldnn._linear_pointwise``); where the ops are missing or fail a first small product, ``F.linear`` is used. On an AMD EPYC core (one thread, the medium DiT's weight
-  shapes) the packed product ran 98-108 GFLOP/s at 32 rows against 63-85 for ``F.linear``, and 104-112 against 80-99
-  from 128 to 512 rows; the medium DiT's forward took 40 % less time at its coarsest scale, 21 % less at the middle
-  one and 12-15 % less at full size (BENCHMARKS.md, 2026-12-06 23:50). With the demo's 128-wide DiT it was as fast
-  or slower (oneDNN's per-call cost), so only weights of at least :data:`LARGE_WEIGHT` entries are packed. The
-  packed copy is kept on the layer (not a parameter or buffer: never saved, dropped when the layer moves or changes
-  dtype) and made again when the weight changes in place (an optimizer step, ``load_state_dict``); it costs one more
-  float32 copy of those weights in memory, so ``HIERAQUERY_CPU_PREPACK=0`` in the environment turns it off. It is
-  used only where no gradient is wanted (sampling, evaluation): training keeps ``F.linear`` and its autograd.
-  This replaces a few-row product with the operands swapped (2026-12-05), which measured 14 % faster on an Intel Xeon
-  and 6 % slower on the AMD EPYC.
+* Large weights at inference. A BLAS matrix product copies ('packs') blocks of the weight into the layout its kernel
+  reads, on every call; with few rows (a cascade's coarsest scale: 2 x 16 tokens under classifier-free guidance) that
+  copy is a large share of the work. oneDNN can pack a weight once (PyTorch's oneDNN op
+  ``torch.ops.mkldnn._reorder_linear_weight``) and multiply with the packed copy
+  (``torch.ops.mkldnn._linear_pointwise``); where the ops are missing or fail a first small product, ``F.linear`` is
+  used. On an AMD EPYC core (one thread, the medium DiT's weight shapes) the packed product ran 98-108 GFLOP/s at 32
+  rows against 63-85 for ``F.linear``, and 104-112 against 80-99 from 128 to 512 rows; the medium DiT's forward took
+  37-40 % less time at its coarsest scale, 21-28 % less at the middle one and 12-21 % less at full size (one-off
+  interleaved timings; ``make bench``: BENCHMARKS.md, session 35). With the demo's 128-wide DiT it was as fast or
+  slower (oneDNN's per-call cost), so only weights of at least :data:`LARGE_WEIGHT` entries are packed. The packed
+  copy is kept on the layer (not a parameter or buffer: never saved, dropped when the layer moves or changes dtype)
+  and made again when the weight changes in place (an optimizer step, ``load_state_dict``); it costs one more float32
+  copy of those weights in memory, so ``HIERAQUERY_CPU_PREPACK=0`` in the environment turns it off. It is used only
+  where no gradient is wanted (sampling, evaluation): training keeps ``F.linear`` and its autograd. This replaces a
+  few-row product with the operands swapped (2026-12-05), which measured 14 % faster on an Intel Xeon and 6 % slower
+  on the AMD EPYC.
 
-:func:`cpu_linear` makes the choice. :class:`PointwiseConv2d` and :class:`CpuLinear` are ``nn.Conv2d`` and
+:meth:`PackedLinear.cpu_linear` makes the choice. :class:`PointwiseConv2d` and :class:`CpuLinear` are ``nn.Conv2d`` and
 ``nn.Linear`` with only ``forward`` changed (and ``_apply``, which drops the packed copy), so parameters, state dicts,
 device moves and ``from_pretrained`` are untouched; :func:`cpu_linear_layers` gives them to a model. Off the CPU both are
 their parent class (no GPU was lent to measure the trade there; cuDNN and cuBLAS run these shapes well).
