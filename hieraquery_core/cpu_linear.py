@@ -89,6 +89,12 @@ class PackedLinear:
         self._packed = None  # a move or a dtype change: the next product packs the new weight
         return super()._apply(fn, recurse)
 
+    def __getstate__(self) -> dict:
+        """A copy (``copy.deepcopy``, pickling) leaves the packed weight behind: oneDNN's layout has no storage to copy."""
+        state = super().__getstate__()
+        state.pop("_packed", None)
+        return state
+
 
 class PointwiseConv2d(PackedLinear, nn.Conv2d):
     """A 1x1, stride-1, unpadded, ungrouped ``nn.Conv2d`` that runs on the CPU as a linear map over the channels."""

@@ -80,6 +80,10 @@ def test_the_packed_weight_follows_the_weight():
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
         layer.weight = nn.Parameter(0.03 * torch.randn_like(layer.weight))  # a new tensor, at the init's scale
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+    twin = copy.deepcopy(layer)  # as deepen_dit copies a block: the packed weight stays behind and the copy packs its own
+    assert twin._packed is None and layer._packed is not None
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), layer(x))
     layer.double()
     assert layer._packed is None  # a move or dtype change drops the copy; float64 then takes F.linear
     with torch.no_grad():
