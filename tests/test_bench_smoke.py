@@ -61,7 +61,7 @@ def test_flops_count_the_packed_products_as_the_products_they_replace(monkeypatc
             layer(x)
         counts.append(counter.get_total_flops())
     assert counts == [2 * 32 * 1024 * 1024] * 2 == [efficiency.packed_linear_flops(x.shape, layer.weight.shape)] * 2
-    assert (layer._packed is not None) == cpu_linear.onednn_linear()
+    assert layer._packed is not None  # the first product did take the packed path
 
 
 def test_breakdown_accounts_for_the_whole_run(smoke: dict) -> None:

@@ -46,7 +46,10 @@ def test_the_matmul_gives_the_convolutions_outputs_and_gradients(bias, channels_
     assert converted_output(nn.Conv2d(6, 10, 1, bias=bias), x).shape == (3, 10, 5, 7)
 
 
-needs_onednn = pytest.mark.skipif(not onednn_linear(), reason="this torch build has no oneDNN packed linear product; every product is F.linear")
+def test_the_pinned_torch_has_the_packed_product():
+    """The development environment's torch (constraints.txt) has oneDNN's packed product, so the tests below run the packed
+    path; a torch without it (``onednn_linear()`` false) would take ``F.linear`` everywhere."""
+    assert onednn_linear()
 
 
 def large_layers(bias: bool) -> nn.Sequential:
@@ -54,7 +57,6 @@ def large_layers(bias: bool) -> nn.Sequential:
     return cpu_linear_layers(nn.Sequential(nn.Linear(1024, LARGE_WEIGHT // 1024, bias=bias), nn.Conv2d(1024, LARGE_WEIGHT // 1024, 1, bias=bias)))
 
 
-@needs_onednn
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("rows", [1, 32, 300])
 def test_large_weights_are_packed_at_inference_and_give_the_plain_products(bias, rows):
@@ -67,7 +69,6 @@ def test_large_weights_are_packed_at_inference_and_give_the_plain_products(bias,
     assert list(layers.state_dict()) == [k for k in ("0.weight", "0.bias", "1.weight", "1.bias") if bias or k.endswith("weight")]
 
 
-@needs_onednn
 def test_the_packed_weight_follows_the_weight():
     layer = large_layers(bias=True)[0]
     x = torch.randn(4, 1024)
@@ -91,7 +92,6 @@ def test_the_packed_weight_follows_the_weight():
     assert layer._packed is None
 
 
-@needs_onednn
 def test_a_model_loaded_in_inference_mode_is_packed_too():
     with torch.inference_mode():  # how ComfyUI runs nodes: the weights are inference tensors, with no version counter
         layer = large_layers(bias=True)[0]
