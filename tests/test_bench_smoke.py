@@ -53,6 +53,7 @@ def test_smoke_run_measures_every_candidate(smoke: dict) -> None:
 
 
 def test_flops_count_the_packed_products_as_the_products_they_replace(monkeypatch) -> None:
+    assert cpu_linear.onednn_linear()  # its one-time check (a 1x2 by 2x3 product) runs here, not inside the counters below
     layer, x = cpu_linear.CpuLinear(1024, 1024), torch.randn(2, 16, 1024)
     counts = []
     for prepack in (True, False):
