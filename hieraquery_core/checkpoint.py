@@ -171,7 +171,8 @@ BUNDLED_DEMO = Path(__file__).parent / "assets" / "shapesworld-demo"
 """The ShapesWorld demo checkpoint shipped with the package (trained by ``make demo-checkpoint``)."""
 
 
-BUNDLED_DEMO_SAMPLING = {"steps": 16, "guidance": 4.0, "refine_strength": 0.4, "edit_refine_strength": 0.7, "edit_guidance": 1.5}
+BUNDLED_DEMO_SAMPLING = {"steps": 16, "guidance": 4.0, "refine_strength": 0.4, "edit_refine_strength": 0.7, "edit_guidance": 1.5,
+                         "candidates": 8, "edit_candidates": 1}
 """The sampling settings the bundled demo was tuned for on training-split prompts and validation edits, never on
 held-out ones (docs/demo-and-ablations.md section 3, "The sampling re-tuned", and the check on the model bundled now):
 in text-to-image each scale after the first starts from the previous one re-noised to 0.4, at guidance 4 (held-out

@@ -77,7 +77,7 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
     steps = [int(s) for s in args.steps.split(",")] if "," in args.steps else int(args.steps)
     return SamplingOptions(
         steps=steps, guidance=args.guidance, image_guidance=args.image_guidance, refine_strength=args.refine_strength,
-        mode=args.mode, height=args.height, width=args.width, images_per_prompt=args.batch,
+        mode=args.mode, height=args.height, width=args.width, images_per_prompt=args.batch, candidates=args.candidates,
     )
 
 
@@ -115,7 +115,7 @@ def run_edit(pipeline: HieraQueryPipeline, args: argparse.Namespace, image: torc
     return output
 
 
-def sampling_flags(steps: str = "20", guidance: float = 4.0, refine_strength: float = 1.0, seed: int = 0) -> argparse.ArgumentParser:
+def sampling_flags(steps: str = "20", guidance: float = 4.0, refine_strength: float = 1.0, seed: int = 0, candidates: int = 1) -> argparse.ArgumentParser:
     """The sampling flags (a parent parser; each command gets its own, so their defaults stay apart)."""
     sampling = argparse.ArgumentParser(add_help=False)
     sampling.add_argument("--seed", type=int, default=seed)
@@ -127,6 +127,8 @@ def sampling_flags(steps: str = "20", guidance: float = 4.0, refine_strength: fl
     sampling.add_argument("--height", type=int)
     sampling.add_argument("--width", type=int)
     sampling.add_argument("--batch", type=int, default=1, help="images per prompt")
+    sampling.add_argument("--candidates", type=int, default=candidates,
+                          help="cascades painted per image, the one the model's own DiT finds fits the prompt best kept (self-check; default %(default)s)")
     return sampling
 
 
@@ -147,13 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     desc.add_argument("--image", required=True)
     desc.add_argument("--question", default="describe the image")
     tuned = BUNDLED_DEMO_SAMPLING
-    demo_sampling = sampling_flags(steps=str(tuned["steps"]), guidance=tuned["guidance"], refine_strength=tuned["refine_strength"], seed=BUNDLED_DEMO_SEED)
+    demo_sampling = sampling_flags(steps=str(tuned["steps"]), guidance=tuned["guidance"], refine_strength=tuned["refine_strength"], seed=BUNDLED_DEMO_SEED,
+                                   candidates=tuned["candidates"])
     demo = sub.add_parser("demo", parents=[common, demo_sampling], help="generate, edit the result, describe it (sampled as the bundled demo was tuned)")
     demo.add_argument("--prompt", default=BUNDLED_DEMO_PROMPT)
     demo.add_argument("--instruction", default=BUNDLED_DEMO_EDITS[0])
     demo.add_argument("--edit-refine-strength", type=float, default=tuned["edit_refine_strength"],
                       help="--refine-strength of the edit (default %(default)s: each scale after the first starts from the previous one re-noised to it, every scale reading the image)")
     demo.add_argument("--edit-guidance", type=float, default=tuned["edit_guidance"], help="--guidance of the edit (default %(default)s)")
+    demo.add_argument("--edit-candidates", type=int, default=tuned["edit_candidates"], help="--candidates of the edit (default %(default)s)")
     demo.add_argument("--question", default="describe the image")
     return parser
 
@@ -172,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             print(pipeline.describe(read_image(args.image), args.question)[0])
         else:
             generated = run_generate(pipeline, args, "demo_generate")
-            edit_args = argparse.Namespace(**{**vars(args), "refine_strength": args.edit_refine_strength, "guidance": args.edit_guidance})
+            edit_args = argparse.Namespace(**{**vars(args), "refine_strength": args.edit_refine_strength, "guidance": args.edit_guidance,
+                                              "candidates": args.edit_candidates})
             edited = run_edit(pipeline, edit_args, generated.final[:1], "demo_edit")
             print(f"description of the edited image: {pipeline.describe(edited.final[:1], args.question)[0]!r}")
     except HieraQueryError as exc:

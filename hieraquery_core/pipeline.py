@@ -15,6 +15,8 @@ Choices the paper leaves open, written down here:
   pipelines do). 1.0 (default) is the paper's independent generation per scale.
 - ``mode='ming'`` paints every scale at the full resolution and keeps them all (the last is the
   result), as Ming-Lite-Uni's inference does; it exists for comparison only.
+- ``candidates`` > 1 paints that many cascades per image and keeps the one whose final scale the DiT itself finds fits
+  the prompt best (:mod:`.self_check`, a project extension; 1, the default, is the paper's single sample).
 - Encoding (MLLM + connector) is separate from sampling: a new seed, step count or guidance value
   re-uses an :class:`EncodedPrompt` without re-running the MLLM. The two halves of encoding, the MLLM's
   query states (Eq. 4, :meth:`HieraQueryPipeline.encode_states`) and the connector
@@ -34,6 +36,7 @@ from .connector import ScaleCondition
 from .errors import require
 from .images import as_pixels, resize, to_signed, to_unsigned
 from .model import HieraQuery
+from .self_check import best_candidates, prompt_fit
 
 StepCallback = Callable[[int, int, int, torch.Tensor], None]
 """callback(scale_index, step, total_steps, latents), called after every step; may raise to interrupt."""
@@ -90,6 +93,8 @@ class SamplingOptions:
     height: int | None = None
     width: int | None = None
     images_per_prompt: int = 1
+    candidates: int = 1
+    """Cascades painted per image; the best by :func:`~.self_check.prompt_fit` is kept (every scale of it)."""
 
     def steps_for(self, k: int, num_scales: int) -> int:
         if isinstance(self.steps, int):
@@ -268,6 +273,7 @@ class HieraQueryPipeline:
         """Every scale, coarse to fine (or Ming-style: every scale at full resolution)."""
         options = options or SamplingOptions()
         require(options.mode in ("cascade", "ming"), f"mode must be 'cascade' or 'ming', got {options.mode!r}")
+        require(options.candidates >= 1, f"candidates must be at least 1, got {options.candidates}")
         require(encoded.num_scales == len(self.model.config.scales), "these conditions come from a model with a different number of scales; encode with this model")
         sizes = self.model.scale_sizes(options.height, options.width)
         if options.mode == "ming":
@@ -280,17 +286,21 @@ class HieraQueryPipeline:
                     encoded, k, size, seed,
                     steps=options.steps_for(k, len(sizes)), guidance=options.guidance, image_guidance=options.image_guidance,
                     init=previous, strength=options.refine_strength,
-                    images_per_prompt=options.images_per_prompt, callback=callback,
+                    images_per_prompt=options.images_per_prompt * options.candidates, callback=callback,
                 )
             )
+        if options.candidates > 1:
+            fit = prompt_fit(self.model, encoded, out.images, options.images_per_prompt * options.candidates, seed)
+            keep = best_candidates(fit, options.candidates).cpu()
+            out.images = [images[keep] for images in out.images]
         return out
 
     def generate(self, prompts: str | Sequence[str], seed: int = 0, options: SamplingOptions | None = None, callback: StepCallback | None = None) -> PipelineOutput:
-        """Text-to-image, every scale returned."""
+        """Text-to-image, every scale returned (the empty prompt is encoded when guidance or the self-check needs it)."""
         prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
         require(all(p.strip() for p in prompt_list), "the prompt is empty; describe the image to generate")
         options = options or SamplingOptions()
-        return self.sample(self.encode(prompt_list, guidance=options.guidance != 1.0), seed, options, callback)
+        return self.sample(self.encode(prompt_list, guidance=options.guidance != 1.0 or options.candidates > 1), seed, options, callback)
 
     def edit(self, images, instructions: str | Sequence[str], seed: int = 0, options: SamplingOptions | None = None, callback: StepCallback | None = None) -> PipelineOutput:
         """Instruction editing: the MLLM reads the image and the instruction; every scale returned.

@@ -123,10 +123,13 @@ def generate(
     height: int = 0,
     batch_size: int = 1,
     refine_strength: float = 1.0,
+    candidates: int = 1,
     progress: ProgressSink = ignore_progress,
 ) -> list[Image]:
-    """Generate: text to image, every scale coarse to fine; returns one IMAGE per scale (the last is the result)."""
-    options = SamplingOptions(steps=steps, guidance=guidance, refine_strength=refine_strength, height=height or None, width=width or None, images_per_prompt=batch_size)
+    """Generate: text to image, every scale coarse to fine; returns one IMAGE per scale (the last is the result). With
+    ``candidates`` > 1 each image is the self-check's pick of that many cascades (``SamplingOptions.candidates``)."""
+    options = SamplingOptions(steps=steps, guidance=guidance, refine_strength=refine_strength, height=height or None, width=width or None,
+                              images_per_prompt=batch_size, candidates=candidates)
     with model.active() as pipe:
         out = pipe.generate(prompt, seed, options, callback=ProgressTracker(pipe, options.steps_plan(len(pipe.model.config.scales)), progress))
     device = model.residency.output_device
@@ -142,12 +145,14 @@ def edit(
     guidance: float,
     image_guidance: float,
     refine_strength: float = 1.0,
+    candidates: int = 1,
     progress: ProgressSink = ignore_progress,
 ) -> list[Image]:
     """Edit and Style transfer: the MLLM reads each image with the instruction; every scale is repainted at
-    the input's size. Returns one IMAGE per scale (the last is the edited image, same batch as the input)."""
+    the input's size. Returns one IMAGE per scale (the last is the edited image, same batch as the input); with
+    ``candidates`` > 1, the self-check's pick of that many cascades per image."""
     pixels = as_pixels(image)
-    options = SamplingOptions(steps=steps, guidance=guidance, image_guidance=image_guidance, refine_strength=refine_strength)
+    options = SamplingOptions(steps=steps, guidance=guidance, image_guidance=image_guidance, refine_strength=refine_strength, candidates=candidates)
     with model.active() as pipe:
         out = pipe.edit(pixels, instruction, seed, options, callback=ProgressTracker(pipe, options.steps_plan(len(pipe.model.config.scales)), progress))
     device = model.residency.output_device

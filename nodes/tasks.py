@@ -8,7 +8,7 @@ from ..hieraquery_core.checkpoint import BUNDLED_DEMO_EDITS, BUNDLED_DEMO_PROMPT
 from . import jobs
 from .comfy_runtime import ProgressBarSink
 from .widgets import (
-    CATEGORY, EDIT_IMAGE_TOOLTIP, batch_size_input, guidance_input, image_guidance_input, image_input, model_input,
+    CATEGORY, EDIT_IMAGE_TOOLTIP, batch_size_input, candidates_input, guidance_input, image_guidance_input, image_input, model_input,
     refine_strength_input, seed_input, size_inputs, steps_input,
 )
 
@@ -33,6 +33,7 @@ class HieraQueryGenerate(io.ComfyNode):
                 *size_inputs(),
                 batch_size_input(),
                 refine_strength_input(),
+                candidates_input(),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The final, finest scale."),
@@ -45,8 +46,8 @@ class HieraQueryGenerate(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, prompt: str, seed: int, steps: int, guidance: float, width: int, height: int, batch_size: int,
-                refine_strength: float) -> io.NodeOutput:
-        scales = jobs.generate(model, prompt, seed, steps, guidance, width, height, batch_size, refine_strength, progress=ProgressBarSink())
+                refine_strength: float, candidates: int = 1) -> io.NodeOutput:
+        scales = jobs.generate(model, prompt, seed, steps, guidance, width, height, batch_size, refine_strength, candidates, progress=ProgressBarSink())
         return io.NodeOutput(scales[-1], scales, jobs.scales_batch(scales))
 
 
@@ -66,6 +67,7 @@ def edit_schema(node_id: str, display_name: str, description: str, instruction: 
             guidance_input(),
             image_guidance_input(),
             refine_strength_input(),
+            candidates_input(),
         ],
         outputs=[io.Image.Output(display_name="image", tooltip="The changed image(s), same size and batch as the input: chain another edit after it.")],
     )
@@ -84,8 +86,8 @@ class HieraQueryEdit(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, image, instruction: str, seed: int, steps: int, guidance: float, image_guidance: float,
-                refine_strength: float) -> io.NodeOutput:
-        scales = jobs.edit(model, image, instruction, seed, steps, guidance, image_guidance, refine_strength, progress=ProgressBarSink())
+                refine_strength: float, candidates: int = 1) -> io.NodeOutput:
+        scales = jobs.edit(model, image, instruction, seed, steps, guidance, image_guidance, refine_strength, candidates, progress=ProgressBarSink())
         return io.NodeOutput(scales[-1])
 
 

@@ -58,6 +58,12 @@ def batch_size_input() -> io.Input:
     return io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="How many images to make at once (each from its own noise).")
 
 
+def candidates_input() -> io.Input:
+    return io.Int.Input("candidates", default=1, min=1, max=64, optional=True,
+                        tooltip="Cascades painted per image; the one the model's own diffusion transformer finds fits the prompt best is kept "
+                                "(self-check). 1 is the paper's single sample; more costs about twice as much per candidate.")
+
+
 def image_input(tooltip: str, optional: bool = False) -> io.Input:
     return io.Image.Input("image", optional=optional, tooltip=tooltip)
 

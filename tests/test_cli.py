@@ -13,7 +13,7 @@ from tiny_models import make_model
 def test_generate_edit_describe_write_every_scale(tmp_path, capsys):
     ckpt = save_checkpoint(make_model(), tmp_path / "ckpt")
     out = tmp_path / "out"
-    assert main(["generate", "--checkpoint", str(ckpt), "--prompt", "a red circle", "--steps", "2", "--out", str(out), "--batch", "2"]) == 0
+    assert main(["generate", "--checkpoint", str(ckpt), "--prompt", "a red circle", "--steps", "2", "--out", str(out), "--batch", "2", "--candidates", "3"]) == 0
     names = sorted(p.name for p in out.glob("generate_*.png"))
     assert names == [f"generate_s{k}_{s}x{s}_{i}.png" for k, s in enumerate((8, 16, 32)) for i in range(2)]
     assert Image.open(out / "generate_s2_32x32_0.png").size == (32, 32)
@@ -37,6 +37,8 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert "prompt is empty" in capsys.readouterr().err
     assert main(["describe", "--checkpoint", str(ckpt), "--image", str(tmp_path / "nope.png")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", str(ckpt), "--prompt", "a", "--candidates", "0", "--out", str(tmp_path)]) == 2
+    assert "candidates must be at least 1" in capsys.readouterr().err
 
 
 def test_provenance_reports_a_published_checkpoints_scores_or_note(tmp_path):
@@ -59,7 +61,8 @@ def test_demo_runs_with_the_demo_checkpoints_tuned_sampling(tmp_path, capsys):
 
     demo, generate = (build_parser().parse_args([cmd, *extra]) for cmd, extra in (("demo", []), ("generate", ["--prompt", "a"])))
     assert (demo.steps, demo.guidance, demo.refine_strength, demo.edit_refine_strength, demo.edit_guidance) == ("16", 4.0, 0.4, 0.7, 1.5)  # the bundled demo's tuned settings
-    assert (generate.steps, generate.guidance, generate.refine_strength) == ("20", 4.0, 1.0)  # the paper's independent scales
+    assert (demo.candidates, demo.edit_candidates) == (8, 1)  # the self-check's best of 8 for text-to-image
+    assert (generate.steps, generate.guidance, generate.refine_strength, generate.candidates) == ("20", 4.0, 1.0, 1)  # the paper's independent scales, one sample
     ckpt = save_checkpoint(make_model(), tmp_path / "ckpt")
     assert main(["demo", "--checkpoint", str(ckpt), "--steps", "5", "--out", str(tmp_path / "out")]) == 0
     assert len(list((tmp_path / "out").glob("demo_generate_s*.png"))) == len(list((tmp_path / "out").glob("demo_edit_s*.png"))) == 3

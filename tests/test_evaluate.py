@@ -91,14 +91,15 @@ def test_edits_are_sampled_with_the_edit_settings_and_text_to_image_with_its_own
             return pixels
 
         def sample(self, encoded, seed, options):
-            seen.append((options.guidance, options.image_guidance, options.refine_strength))
+            seen.append((options.guidance, options.image_guidance, options.refine_strength, options.candidates))
             return type("Out", (), {"final": encoded})()
 
     monkeypatch.setattr(evaluate, "HieraQueryPipeline", Pipe)
     source = np.full((64, 64, 3), 255, np.uint8)
     settings = EvalSettings(guidance=4.0, refine_strength=0.2, edit_guidance=1.25, edit_refine_strength=0.9, image_guidance=1.75)
     assert np.array_equal(evaluate.image_conditioned(None, settings, [source], ["make it filled"])[0], source)
-    assert seen == [(1.25, 1.75, 0.9)]
+    assert np.array_equal(evaluate.image_conditioned(None, settings, [source], ["make it filled"], candidates=3)[0], source)
+    assert seen == [(1.25, 1.75, 0.9, 1), (1.25, 1.75, 0.9, 3)]
 
 
 @pytest.mark.parametrize("name", ["edit_refine_strength", "edit_guidance"])
@@ -112,7 +113,7 @@ def test_edit_settings_are_tuned_on_validation_edits_never_the_heldout_ones(monk
     targets = {t.instruction + t.source.canonical(): render(t.target) for t in validation}
     seen = []
 
-    def fake_sampler(model, settings, sources, texts):  # 0.5 paints every target exactly, anything else returns the input
+    def fake_sampler(model, settings, sources, texts, candidates=1):  # 0.5 paints every target exactly, anything else returns the input
         seen.append(getattr(settings, name))
         return [targets[text + t.source.canonical()] if getattr(settings, name) == 0.5 else source
                 for source, text, t in zip(sources, texts, validation)]
@@ -265,13 +266,17 @@ def test_the_command_tunes_on_validation_prompts_and_edits_and_reports_each_sett
     torch.manual_seed(0)
     folder = save_checkpoint(HieraQuery.from_config(tiny_config(image_size=64)).eval(), tmp_path / "tiny")
     main(["--checkpoint", str(folder), "--n", "6", "--n-edits", "0", "--steps", "2", "--flow-n", "0", "--batch", "6",
-          "--tune-guidance", "1,4", "--tune-refine-strength", "1,0.5", "--tune-edit-guidance", "1,2", "--tune-n", "6", "--out", str(tmp_path / "report.json")])
+          "--tune-guidance", "1,4", "--tune-refine-strength", "1,0.5", "--tune-candidates", "1,2", "--tune-edit-guidance", "1,2", "--tune-n", "6",
+          "--out", str(tmp_path / "report.json")])
     report = json.loads((tmp_path / "report.json").read_text())
     guidance, refine = report["guidance_tuning_on_validation_prompts"], report["refine_strength_tuning_on_validation_prompts"]
     assert set(guidance) == {"1.0", "4.0"} and set(refine) == {"1.0", "0.5"}
     chosen = report["settings"]
     assert str(chosen["guidance"]) == max(guidance, key=lambda v: guidance[v]["overall"])  # the best is used (the first on a tie)
     assert str(chosen["refine_strength"]) == max(refine, key=lambda v: refine[v]["overall"])
+    candidates = report["candidates_tuning_on_validation_prompts"]
+    assert set(candidates) == {"1.0", "2.0"} and chosen["candidates"] == int(float(max(candidates, key=lambda v: candidates[v]["overall"])))
+    assert isinstance(chosen["candidates"], int)  # a count, though the command line gives floats
     edit_guidance = report["edit_guidance_tuning_on_validation_edits"]  # scored on validation edits, and named so
     assert set(edit_guidance) == {"1.0", "2.0"} and set(edit_guidance["1.0"]) >= {"overall"}
     assert str(chosen["edit_guidance"]) == max(edit_guidance, key=lambda v: edit_guidance[v]["overall"])

@@ -23,6 +23,8 @@ def test_generate_gives_every_scale_coarse_to_fine_for_a_batch(loaded):
     assert not torch.equal(scales[-1], jobs.generate(loaded, "a red circle", seed=2, batch_size=2, **FAST)[-1])
     wide = jobs.generate(loaded, "a red circle", seed=1, width=64, height=32, **FAST)
     assert [tuple(s.shape[1:3]) for s in wide] == [(8, 16), (16, 32), (32, 64)]
+    picked = jobs.generate(loaded, "a red circle", seed=1, batch_size=2, candidates=3, **FAST)  # the self-check's pick of 3 per image
+    assert [tuple(s.shape) for s in picked] == [(2, 8, 8, 3), (2, 16, 16, 3), (2, 32, 32, 3)]
 
 
 def test_scales_batch_stacks_every_scale_enlarged_to_the_final_size(loaded):
@@ -54,6 +56,7 @@ def test_edit_keeps_size_and_batch_and_chains(loaded):
     stronger = jobs.edit(loaded, source, "make it blue", seed=0, **{**EDIT, "image_guidance": 3.0})[-1]
     assert not torch.equal(stronger, once[-1])
     assert jobs.edit(loaded, torch.rand(1, 16, 24, 3), "make it outline style", seed=0, **EDIT)[-1].shape == (1, 16, 24, 3)
+    assert [tuple(s.shape) for s in jobs.edit(loaded, source, "make it blue", seed=0, candidates=2, **EDIT)] == [(2, 8, 8, 3), (2, 16, 16, 3), (2, 32, 32, 3)]
 
 
 def test_describe_answers_one_line_per_image(loaded):

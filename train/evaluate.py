@@ -66,6 +66,11 @@ class EvalSettings:
     edit_guidance: float = BUNDLED_DEMO_SAMPLING["edit_guidance"]
     """Text guidance of edits (over the image-only branch; ``guidance`` is text-to-image's): a strong instruction
     branch spreads a recolour over objects it does not name (docs/demo-and-ablations.md section 3)."""
+    candidates: int = 1
+    """Text-to-image cascades painted per prompt, the best kept by the model's own self-check
+    (``SamplingOptions.candidates``, :mod:`hieraquery_core.self_check`); 1 is the paper's single sample."""
+    edit_candidates: int = 1
+    """The same for edits (reconstructions, whose empty instruction gives the self-check nothing to compare, paint one)."""
     flow_n: int = 96
     """Held-out pairs of the held-out flow loss (:func:`heldout_flow_loss`); 0 skips it."""
 
@@ -103,7 +108,7 @@ def score_generations(prompts: Sequence[tuple[str, str]], scales: Sequence[Seque
 def generate_heldout(model: HieraQuery, settings: EvalSettings, prompts: Sequence[tuple[str, str]]) -> list[list[np.ndarray]]:
     """Every scale's images for the prompts, generated ``settings.batch`` prompts at a time."""
     pipe = HieraQueryPipeline(model)
-    options = SamplingOptions(steps=settings.steps, guidance=settings.guidance, refine_strength=settings.refine_strength)
+    options = SamplingOptions(steps=settings.steps, guidance=settings.guidance, refine_strength=settings.refine_strength, candidates=settings.candidates)
     scales: list[list[np.ndarray]] = [[] for _ in model.config.scales]
     for start in range(0, len(prompts), settings.batch):
         chunk = [p for _, p in prompts[start : start + settings.batch]]
@@ -113,11 +118,13 @@ def generate_heldout(model: HieraQuery, settings: EvalSettings, prompts: Sequenc
     return scales
 
 
-def image_conditioned(model: HieraQuery, settings: EvalSettings, sources: Sequence[np.ndarray], texts: Sequence[str]) -> list[np.ndarray]:
+def image_conditioned(model: HieraQuery, settings: EvalSettings, sources: Sequence[np.ndarray], texts: Sequence[str], candidates: int = 1) -> list[np.ndarray]:
     """The final images for (source image, text) inputs of the MLLM, ``settings.batch`` at a time, with the
-    editing guidance (text ``edit_guidance`` over the image-only branch, ``image_guidance`` over the empty one)."""
+    editing guidance (text ``edit_guidance`` over the image-only branch, ``image_guidance`` over the empty one), each the
+    self-check's pick of ``candidates``."""
     pipe = HieraQueryPipeline(model)
-    options = SamplingOptions(steps=settings.steps, guidance=settings.edit_guidance, image_guidance=settings.image_guidance, refine_strength=settings.edit_refine_strength)
+    options = SamplingOptions(steps=settings.steps, guidance=settings.edit_guidance, image_guidance=settings.image_guidance, refine_strength=settings.edit_refine_strength,
+                              candidates=candidates)
     outputs: list[np.ndarray] = []
     for start in range(0, len(sources), settings.batch):
         pixels = torch.from_numpy(np.stack(sources[start : start + settings.batch])).permute(0, 3, 1, 2).float() / 255.0
@@ -137,7 +144,7 @@ def evaluate_edits(model: HieraQuery, settings: EvalSettings) -> dict[str, dict]
     triplets = heldout_edits(settings.n_edits, settings.seed)
     sources = [render(t.source) for t in triplets]
     instructions = [t.instruction for t in triplets]
-    results = list(zip(sources, instructions, image_conditioned(model, settings, sources, instructions)))
+    results = list(zip(sources, instructions, image_conditioned(model, settings, sources, instructions, settings.edit_candidates)))
     return {"edit_accuracy": edit_accuracy(results), "edit_outcomes": edit_outcomes(results), "edit_collateral": edit_collateral(results),
             "reconstruction_accuracy": reconstruction_accuracy(zip(sources, image_conditioned(model, settings, sources, [""] * len(sources))))}
 
@@ -153,8 +160,13 @@ def validation_prompts(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return [(c, sample_prompt(c, rng, split="train")) for c in CATEGORIES for _ in range(n // len(CATEGORIES))]
 
 
-TUNABLE = ("guidance", "refine_strength", "edit_refine_strength", "edit_guidance")
+TUNABLE = ("guidance", "refine_strength", "candidates", "edit_refine_strength", "edit_guidance", "edit_candidates")
 """The sampling settings :func:`tune_setting` may choose (the ``edit_`` ones on validation edits, the others on validation prompts)."""
+
+
+def typed(settings: EvalSettings, name: str, value: float) -> float | int:
+    """A tried value (the command line gives floats) as the setting's own type (the candidates are counts)."""
+    return type(getattr(settings, name))(value)
 
 
 def tune_setting(model: HieraQuery, settings: EvalSettings, name: str, values: Sequence[float], n: int = 60) -> dict[float, dict]:
@@ -163,11 +175,11 @@ def tune_setting(model: HieraQuery, settings: EvalSettings, name: str, values: S
     "attributes": ...}}``; for ``edit_refine_strength`` and ``edit_guidance``, edit accuracy on ``n`` validation edits,
     ``{value: {"overall": ..., kind: ...}}``. The held-out prompts and edits are not looked at."""
     require(name in TUNABLE, f"cannot tune {name!r}; choose one of {', '.join(TUNABLE)}")
-    trials = {value: EvalSettings(**{**asdict(settings), name: value}) for value in values}
+    trials = {value: EvalSettings(**{**asdict(settings), name: typed(settings, name, value)}) for value in values}
     if name.startswith("edit_"):
         triplets = validation_edits(n, settings.seed)
         sources, instructions = [render(t.source) for t in triplets], [t.instruction for t in triplets]
-        return {value: edit_accuracy(zip(sources, instructions, image_conditioned(model, trial, sources, instructions))) for value, trial in trials.items()}
+        return {value: edit_accuracy(zip(sources, instructions, image_conditioned(model, trial, sources, instructions, trial.edit_candidates))) for value, trial in trials.items()}
     prompts = validation_prompts(n, settings.seed)
     scores = {}
     for value, trial in trials.items():
@@ -299,7 +311,7 @@ def tuned_report(model: HieraQuery, settings: EvalSettings, tries: dict[str, Seq
     tuning = {}
     for name in (n for n in TUNABLE if n in tries):
         tuning[name] = tune_setting(model, settings, name, tries[name], n=tune_n)
-        setattr(settings, name, max(tuning[name], key=lambda v: tuning[name][v]["overall"]))
+        setattr(settings, name, typed(settings, name, max(tuning[name], key=lambda v: tuning[name][v]["overall"])))
         print(f"validation overall by {name}: { {v: t['overall'] for v, t in tuning[name].items()} }; using {getattr(settings, name)}", flush=True)
     report = evaluate_model(model, settings)
     if position_reps:

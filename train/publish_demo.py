@@ -64,7 +64,7 @@ def seed_check(model: HieraQuery, settings: EvalSettings, seeds: Sequence[int]) 
     instruction that does not apply to its input, e.g. its object is missing, fails). Returns the seeds that pass
     each step and those that pass all of them."""
     pipe = HieraQueryPipeline(model)
-    paint = SamplingOptions(steps=settings.steps, guidance=settings.guidance, refine_strength=settings.refine_strength)
+    paint = SamplingOptions(steps=settings.steps, guidance=settings.guidance, refine_strength=settings.refine_strength, candidates=settings.candidates)
     edit = SamplingOptions(steps=settings.steps, guidance=settings.edit_guidance, image_guidance=settings.image_guidance, refine_strength=settings.edit_refine_strength)
     passed: dict[str, list[int]] = {text: [] for text in (BUNDLED_DEMO_PROMPT, *BUNDLED_DEMO_EDITS)}
     for seed in seeds:

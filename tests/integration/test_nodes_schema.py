@@ -17,10 +17,10 @@ NODES = {
         ["model", "conditions", "scale", "seed", "steps", "guidance", "image_guidance", "width", "height", "batch_size", "refine_strength"],
         ["previous"], ["IMAGE", "LATENT"], ["image", "latent"]),
     "HieraQueryGenerate": (
-        ["model", "prompt", "seed", "steps", "guidance", "width", "height", "batch_size", "refine_strength"], [],
+        ["model", "prompt", "seed", "steps", "guidance", "width", "height", "batch_size", "refine_strength"], ["candidates"],
         ["IMAGE", "IMAGE", "IMAGE"], ["image", "scales", "scales_batch"]),
-    "HieraQueryEdit": (["model", "image", "instruction", "seed", "steps", "guidance", "image_guidance", "refine_strength"], [], ["IMAGE"], ["image"]),
-    "HieraQueryStyleTransfer": (["model", "image", "instruction", "seed", "steps", "guidance", "image_guidance", "refine_strength"], [], ["IMAGE"], ["image"]),
+    "HieraQueryEdit": (["model", "image", "instruction", "seed", "steps", "guidance", "image_guidance", "refine_strength"], ["candidates"], ["IMAGE"], ["image"]),
+    "HieraQueryStyleTransfer": (["model", "image", "instruction", "seed", "steps", "guidance", "image_guidance", "refine_strength"], ["candidates"], ["IMAGE"], ["image"]),
     "HieraQueryDescribe": (["model", "image", "question", "max_new_tokens"], [], ["STRING"], ["text"]),
 }
 

@@ -24,7 +24,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 import comfyui_harness as harness
-from hieraquery_core.checkpoint import BUNDLED_DEMO_EDITS, BUNDLED_DEMO_PROMPT, BUNDLED_DEMO_SEED, bundled_demo, load_checkpoint
+from hieraquery_core.checkpoint import BUNDLED_DEMO_EDITS, BUNDLED_DEMO_PROMPT, BUNDLED_DEMO_SAMPLING, BUNDLED_DEMO_SEED, bundled_demo, load_checkpoint
 from hq_checkpoints import DEMO_IS_BUNDLED, DEMO_NAME, DEMO_SIZE, assert_not_blank, messages_of, read_rgb
 
 WORKFLOW_DIR = harness.REPO_ROOT / "workflows"
@@ -88,6 +88,19 @@ def test_workflows_are_the_shipped_set_listed_as_templates_and_load_the_demo(com
         assert any(n["type"] == "Note" for n in workflow["nodes"]), f"{stem}: explain the workflow in a Note"
         seeds = [v[i - 1] for n in workflow["nodes"] if (v := n.get("widgets_values")) for i, w in enumerate(v) if w == "fixed"]
         assert seeds and set(seeds) == {BUNDLED_DEMO_SEED}, f"{stem}: fixed seeds {seeds}; the examples use the demo's seed"
+
+
+def test_the_workflows_sample_as_the_demo_is():
+    """Every Generate node paints with BUNDLED_DEMO_SAMPLING's text-to-image settings (the self-check's candidates
+    among them), every Edit and Style Transfer node with its edit settings."""
+    s = BUNDLED_DEMO_SAMPLING
+    expected = {"HieraQueryGenerate": [s["steps"], s["guidance"], 0, 0, 1, s["refine_strength"], s["candidates"]],
+                "HieraQueryEdit": [s["steps"], s["edit_guidance"], 1.5, s["edit_refine_strength"], s["edit_candidates"]]}
+    expected["HieraQueryStyleTransfer"] = expected["HieraQueryEdit"]
+    for stem in WORKFLOWS:
+        for node in ui_workflow(stem)["nodes"]:
+            if node["type"] in expected:
+                assert node["widgets_values"][3:] == expected[node["type"]], (stem, node["type"], node["widgets_values"])
 
 
 def test_the_edit_chain_workflow_is_the_chain_publishing_checks():
