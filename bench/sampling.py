@@ -10,8 +10,11 @@ same steps per scale, same guidance, same final resolution:
     re-sample of item 4.
 (c) ``ming``: mode="ming", every scale at the full resolution (Ming-Lite-Uni's inference).
 (b_r) ``cascade_refined``: the cascade as the bundled demo is sampled (``BUNDLED_DEMO_SAMPLING``): each scale
-    after the first starts from the previous one re-noised to strength 0.2, so it runs round(0.2 x steps) of its steps (at least 1).
-    Not an equal-steps comparison: it is what an artist's image costs at the demo's best quality.
+    after the first starts from the previous one re-noised to the demo's refine strength s, so it runs round(s x steps) of
+    its steps (at least 1). Not an equal-steps comparison: it is what an artist's image costs at the demo's best quality.
+(b_s) ``cascade_checked``: (b_r) with the self-check (``SamplingOptions.candidates``, :mod:`hieraquery_core.self_check`)
+    choosing among :data:`CHECK_CANDIDATES` cascades: the price of one more candidate. The demo samples more of them
+    (``BUNDLED_DEMO_SAMPLING["candidates"]``); they are rows of one batch, so on a CPU the time grows with their number.
 
 Item 4 adds ``encode`` (``pipeline.encode``: MLLM + connector, both guidance branches) and, after the
 rounds, one re-sample with a new guidance value. A full run is ``pipeline.generate``, which is exactly
@@ -41,6 +44,8 @@ from .efficiency import dit_flops
 from .timing import WARMUP, Timing, interleaved, primary_clock, timed
 
 GUIDANCE = 4.0
+CHECK_CANDIDATES = 2
+"""Candidates of (b_s)."""
 
 
 @torch.no_grad()
@@ -112,6 +117,7 @@ def measure(model: HieraQuery, steps: int, repeats: int) -> dict[str, object]:
     cascade = SamplingOptions(steps=steps, guidance=GUIDANCE, mode="cascade")
     ming = replace(cascade, mode="ming")
     refined = replace(cascade, refine_strength=BUNDLED_DEMO_SAMPLING["refine_strength"])
+    checked = replace(refined, candidates=CHECK_CANDIDATES)
     baseline = ScaleCondition.cat([encoded.uncond[-1], encoded.cond[-1]])
     counter = CallCounter(model.mllm)
     mllm_calls: dict[str, list[int]] = {}
@@ -137,6 +143,7 @@ def measure(model: HieraQuery, steps: int, repeats: int) -> dict[str, object]:
         "cascade": watched("cascade", lambda r: pipeline.sample(encoded, seed=r, options=options(r, cascade))),
         "ming": lambda r: pipeline.sample(encoded, seed=r, options=options(r, ming)),
         "cascade_refined": lambda r: pipeline.sample(encoded, seed=r, options=options(r, refined)),
+        "cascade_checked": lambda r: pipeline.sample(encoded, seed=r, options=options(r, checked)),
         "encode": watched("encode", lambda r: pipeline.encode(PROMPT)),
     }
     candidates = {name: counter.counting(fn, mllm_calls.setdefault(name, [])) for name, fn in candidates.items()}
@@ -164,7 +171,8 @@ def measure(model: HieraQuery, steps: int, repeats: int) -> dict[str, object]:
         "spread": {name: t.spread for name, t in times.items()},
         "ratios": {"cascade_over_single": medians["cascade"] / medians["single_scale"], "ming_over_cascade": medians["ming"] / medians["cascade"],
                    "cascade_over_single_cached": medians["cascade"] / medians["single_scale_cached"],
-                   "refined_over_single": medians["cascade_refined"] / medians["single_scale"]},
+                   "refined_over_single": medians["cascade_refined"] / medians["single_scale"],
+                   "checked_over_refined": medians["cascade_checked"] / medians["cascade_refined"]},
         "flops": flops,
         "breakdown": breakdown,
         "resample": {
@@ -174,6 +182,6 @@ def measure(model: HieraQuery, steps: int, repeats: int) -> dict[str, object]:
             "resample_guidance_seconds": guidance_seconds,
             "speedup": full / medians["cascade"],
             "mllm_calls_per_encode": max(mllm_calls["encode"]),
-            "mllm_calls_per_resample": max(mllm_calls["cascade"] + mllm_calls["ming"] + mllm_calls["cascade_refined"] + new_guidance),
+            "mllm_calls_per_resample": max(mllm_calls["cascade"] + mllm_calls["ming"] + mllm_calls["cascade_refined"] + mllm_calls["cascade_checked"] + new_guidance),
         },
     }

@@ -24,7 +24,7 @@ from hieraquery_core import cpu_linear
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # as the benchmark runs: two threads on a shared machine wait on each other
 
-MODES = {"single_scale", "single_scale_cached", "cascade", "ming", "cascade_refined", "encode"}
+MODES = {"single_scale", "single_scale_cached", "cascade", "ming", "cascade_refined", "cascade_checked", "encode"}
 VARIANTS = {"plain", "alignment", "checkpointing"}
 
 

@@ -145,12 +145,12 @@ def publish_run(args: argparse.Namespace, retire_as: str, results: Path, seeds: 
     taken = [str(p) for p in retired.values() if p.exists()]
     require(not taken, f"--retire-as {retire_as!r}: {', '.join(taken)} already exist; choose another name for the bundled model's reports")
     report, bundled = json.loads(report_path.read_text()), json.loads(current[""].read_text())
-    require(report["settings"] == bundled["settings"],
+    settings = EvalSettings(**report["settings"])
+    require(settings == EvalSettings(**bundled["settings"]),  # a report older than a setting was scored with its default
             f"{report_path} was scored with {report['settings']}, the bundled model's report {current['']} with {bundled['settings']}; "
             "evaluate the run as the bundled model was (make_demo's --eval-* and sampling flags) before publishing")
     new, old = make_demo.headline(report), make_demo.headline(bundled)
     require(new > old, f"{args.runs} does not beat the bundled model: headline (GenEval + edits) / 2 = {new:.4f} against {old:.4f}")
-    settings = EvalSettings(**report["settings"])
     run_checks(final, settings, args.runs / "publish", seeds)
     for check, path in current.items():
         if path.is_file():
