@@ -179,10 +179,13 @@ in text-to-image each scale after the first starts from the previous one re-nois
 GenEval 0.867, against 0.580 with every scale from noise); an edit reads the input image at every scale, starts each
 scale after the first from the previous one re-noised to 0.7 (held-out edits 0.930, against 0.885 with every scale
 from noise), with text guidance 1.5 (3 spreads a recolour over objects the instruction does not name: 0.685 against
-0.56 on validation edits of an earlier model)."""
+0.56 on validation edits of an earlier model). Text-to-image keeps the self-check's pick of 8 cascades (``candidates``,
+:mod:`.self_check`; held-out GenEval 0.937 against 0.867 for one, the 8 chosen on validation prompts first); edits paint one."""
 
 BUNDLED_DEMO_SEED = 2
-"""The seed of the ``demo`` command and the example workflows. With the model bundled in session 34 (2026-12-06, the
+"""The seed of the ``demo`` command and the example workflows. Sampled as the demo is (8 candidates), every seed 0-11
+paints the demo prompt as named and passes all three edits (``results/demo-source-edit-seed-check-candidates-8.json``).
+With one cascade per image, with the model bundled in session 34 (2026-12-06, the
 first trained with scenes 4 px apart) the demo prompt "a red circle to the left of a blue square" comes out as named
 for 7 of the seeds 0-11, and of the edit-chain workflow's edits "make the red circle green" succeeds on 8, "add a
 yellow triangle" on 12 and "remove the blue square" on 8 (each on the previous result; scored by the evaluator's
