@@ -97,6 +97,8 @@ def run_generate(pipeline: HieraQueryPipeline, args: argparse.Namespace, name: s
     bar, callback = progress(pipeline, options, "text-to-image")
     with bar:
         output = pipeline.generate(args.prompt, seed=args.seed, options=options, callback=callback)
+    if options.candidates > 1:
+        print(f"self-check: each image is the best of {options.candidates} cascades by the model's own DiT (--candidates 1 paints one)")
     read = output.prompts[0]
     if read != args.prompt:  # a checkpoint that plans (docs/design.md, "Reason, then paint"): what the MLLM answered
         print(f"prompt as the MLLM read it: {read!r}")

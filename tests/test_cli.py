@@ -67,5 +67,5 @@ def test_demo_runs_with_the_demo_checkpoints_tuned_sampling(tmp_path, capsys):
     assert main(["demo", "--checkpoint", str(ckpt), "--steps", "5", "--out", str(tmp_path / "out")]) == 0
     assert len(list((tmp_path / "out").glob("demo_generate_s*.png"))) == len(list((tmp_path / "out").glob("demo_edit_s*.png"))) == 3
     captured = capsys.readouterr()
-    assert "description of the edited image" in captured.out
+    assert "description of the edited image" in captured.out and "each image is the best of 8 cascades" in captured.out
     assert "9/9" in captured.err and "13/13" in captured.err  # text-to-image refines at 0.4 (5 + 2 + 2 steps), the edit at 0.7 (5 + 4 + 4)
