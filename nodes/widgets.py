@@ -61,7 +61,8 @@ def batch_size_input() -> io.Input:
 def candidates_input() -> io.Input:
     return io.Int.Input("candidates", default=1, min=1, max=64, optional=True,
                         tooltip="Cascades painted per image; the one the model's own diffusion transformer finds fits the prompt best is kept "
-                                "(self-check). 1 is the paper's single sample; more costs about twice as much per candidate.")
+                                "(self-check). 1 is the paper's single sample. Each candidate costs a cascade plus 16 passes of the "
+                                "transformer at the final scale, as one batch (memory grows with the number).")
 
 
 def image_input(tooltip: str, optional: bool = False) -> io.Input:
