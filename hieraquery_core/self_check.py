@@ -12,10 +12,10 @@ with Eq. 5's own objective at the final scale, for an image x with noise eps at 
 where the reference is the branch guidance pushes away from: the empty prompt for text-to-image, the empty prompt
 with the input image for an edit (so the fit is what the instruction explains). Both branches see the same noise,
 so what the image alone makes easy or hard cancels out, and the ratio weighs every noise level alike (the error
-itself grows with sigma). Nothing outside the model is consulted (no evaluator, no
-other network); the price is ``candidates`` cascades per image plus ``2 x len(FIT_SIGMAS) x FIT_DRAWS`` DiT passes
-per candidate at the final scale. The noise levels and draws were chosen on training-split prompts, never held-out
-ones (docs/demo-and-ablations.md section 3, "Self-check").
+itself grows with sigma). Nothing outside the model is consulted (no evaluator, no other network); the price is
+``candidates`` cascades per image plus ``2 x len(FIT_SIGMAS) x FIT_DRAWS`` DiT passes per candidate at the final
+scale. The rule, its noise levels and draws were chosen on training-split prompts, never held-out ones
+(docs/demo-and-ablations.md section 3, "The self-check"; docs/design.md).
 """
 
 from __future__ import annotations
