@@ -279,6 +279,7 @@ class HieraQueryPipeline:
         if options.mode == "ming":
             sizes = [sizes[-1]] * len(sizes)
         out = PipelineOutput(prompts=encoded.prompts)
+        per_prompt = options.images_per_prompt * options.candidates  # every candidate of every image, as rows of one batch
         for k, size in enumerate(sizes):
             previous = out.images[-1] if out.images and options.mode == "cascade" else None
             out.images.append(
@@ -286,11 +287,11 @@ class HieraQueryPipeline:
                     encoded, k, size, seed,
                     steps=options.steps_for(k, len(sizes)), guidance=options.guidance, image_guidance=options.image_guidance,
                     init=previous, strength=options.refine_strength,
-                    images_per_prompt=options.images_per_prompt * options.candidates, callback=callback,
+                    images_per_prompt=per_prompt, callback=callback,
                 )
             )
         if options.candidates > 1:
-            fit = prompt_fit(self.model, encoded, out.images, options.images_per_prompt * options.candidates, seed)
+            fit = prompt_fit(self.model, encoded, out.images, per_prompt, seed)
             keep = best_candidates(fit, options.candidates).cpu()
             out.images = [images[keep] for images in out.images]
         return out

@@ -74,6 +74,15 @@ class EvalSettings:
     flow_n: int = 96
     """Held-out pairs of the held-out flow loss (:func:`heldout_flow_loss`); 0 skips it."""
 
+    def paint_options(self) -> SamplingOptions:
+        """How text-to-image is sampled."""
+        return SamplingOptions(steps=self.steps, guidance=self.guidance, refine_strength=self.refine_strength, candidates=self.candidates)
+
+    def edit_options(self, candidates: int) -> SamplingOptions:
+        """How an image with a text (an edit, a reconstruction) is sampled, each the self-check's pick of ``candidates``."""
+        return SamplingOptions(steps=self.steps, guidance=self.edit_guidance, image_guidance=self.image_guidance, refine_strength=self.edit_refine_strength,
+                               candidates=candidates)
+
 
 def to_uint8(pixels: torch.Tensor) -> list[np.ndarray]:
     """[B, 3, H, W] in [0, 1] -> B uint8 [H, W, 3] arrays (the scorer's input)."""
@@ -108,7 +117,7 @@ def score_generations(prompts: Sequence[tuple[str, str]], scales: Sequence[Seque
 def generate_heldout(model: HieraQuery, settings: EvalSettings, prompts: Sequence[tuple[str, str]]) -> list[list[np.ndarray]]:
     """Every scale's images for the prompts, generated ``settings.batch`` prompts at a time."""
     pipe = HieraQueryPipeline(model)
-    options = SamplingOptions(steps=settings.steps, guidance=settings.guidance, refine_strength=settings.refine_strength, candidates=settings.candidates)
+    options = settings.paint_options()
     scales: list[list[np.ndarray]] = [[] for _ in model.config.scales]
     for start in range(0, len(prompts), settings.batch):
         chunk = [p for _, p in prompts[start : start + settings.batch]]
@@ -123,8 +132,7 @@ def image_conditioned(model: HieraQuery, settings: EvalSettings, sources: Sequen
     editing guidance (text ``edit_guidance`` over the image-only branch, ``image_guidance`` over the empty one), each the
     self-check's pick of ``candidates``."""
     pipe = HieraQueryPipeline(model)
-    options = SamplingOptions(steps=settings.steps, guidance=settings.edit_guidance, image_guidance=settings.image_guidance, refine_strength=settings.edit_refine_strength,
-                              candidates=candidates)
+    options = settings.edit_options(candidates)
     outputs: list[np.ndarray] = []
     for start in range(0, len(sources), settings.batch):
         pixels = torch.from_numpy(np.stack(sources[start : start + settings.batch])).permute(0, 3, 1, 2).float() / 255.0

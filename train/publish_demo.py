@@ -41,7 +41,7 @@ import torch
 from hieraquery_core.checkpoint import BUNDLED_DEMO_EDITS, BUNDLED_DEMO_PROMPT, load_checkpoint
 from hieraquery_core.errors import require
 from hieraquery_core.model import HieraQuery
-from hieraquery_core.pipeline import HieraQueryPipeline, SamplingOptions
+from hieraquery_core.pipeline import HieraQueryPipeline
 from hieraquery_core.shapesworld import edit_correct, score_prompt
 from train import evaluate, make_demo
 from train.data import STAGES
@@ -64,8 +64,7 @@ def seed_check(model: HieraQuery, settings: EvalSettings, seeds: Sequence[int]) 
     instruction that does not apply to its input, e.g. its object is missing, fails). Returns the seeds that pass
     each step and those that pass all of them."""
     pipe = HieraQueryPipeline(model)
-    paint = SamplingOptions(steps=settings.steps, guidance=settings.guidance, refine_strength=settings.refine_strength, candidates=settings.candidates)
-    edit = SamplingOptions(steps=settings.steps, guidance=settings.edit_guidance, image_guidance=settings.image_guidance, refine_strength=settings.edit_refine_strength)
+    paint, edit = settings.paint_options(), settings.edit_options(candidates=1)
     passed: dict[str, list[int]] = {text: [] for text in (BUNDLED_DEMO_PROMPT, *BUNDLED_DEMO_EDITS)}
     for seed in seeds:
         pixels = pipe.generate(BUNDLED_DEMO_PROMPT, seed=seed, options=paint).final
