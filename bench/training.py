@@ -136,7 +136,10 @@ def measure_memory(size: str, variant: str, batch: int, device: torch.device, dt
     peak = peak_memory_mb(device)
     for p in trainer.params:
         p.grad = torch.full_like(p, 1e-3)
-    return MemoryRow(peak - baseline, peak, adamw_seconds(trainer.params, device, fused=False), adamw_seconds(trainer.params, device, fused=True))
+    # Linux reads VmHWM as max(its recorded high-water mark, the current RSS) and records the mark lazily, so a
+    # reading can fall by a few pages: a step that never rises above the baseline reads 0, not a negative delta.
+    working = max(0.0, peak - baseline)
+    return MemoryRow(working, peak, adamw_seconds(trainer.params, device, fused=False), adamw_seconds(trainer.params, device, fused=True))
 
 
 def measure(size: str, batch: int, rounds: int, device: torch.device, dtype: torch.dtype, isolate: bool = True) -> list[TrainingRow]:

@@ -48,7 +48,7 @@ def test_smoke_run_measures_every_candidate(smoke: dict) -> None:
     assert all(positive(r["efficiency"][k]) for k in ("dit_gflop", "dit_seconds", "achieved_gflops", "peak_gflops", "percent_of_peak"))
     assert {row["variant"] for row in r["training"]} == VARIANTS
     for row in r["training"]:
-        assert positive(row["step_seconds"]) and positive(row["samples_per_second"]) and row["working_memory_mb"] >= 0
+        assert positive(row["step_seconds"]) and positive(row["samples_per_second"])
         assert positive(row["adamw_seconds"]) and positive(row["adamw_fused_seconds"])
 
 
@@ -128,12 +128,15 @@ def test_training_variants_share_one_model_and_switch_their_options() -> None:
     assert any(not torch.equal(a, p) for a, p in zip(before, aligner))
 
 
-def test_training_memory_subprocess_prints_its_row(capsys) -> None:
-    """What ``measure`` runs in a fresh process for each variant: one JSON row on the last line."""
-    training.main(["--size", "tiny", "--variant", "alignment", "--batch", "2", "--threads", "1"])
-    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+def test_training_memory_subprocess_prints_its_row() -> None:
+    """What ``measure`` runs in a fresh process for each variant: one JSON row on the last line, whose working
+    memory is the step's own (tens of MB for the tiny model; in a process that already ran bigger work it reads 0)."""
+    command = [sys.executable, "-m", "bench.training", "--size", "tiny", "--variant", "alignment", "--batch", "2", "--threads", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
+    row = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(row) == {"working_memory_mb", "peak_memory_mb", "adamw_seconds", "adamw_fused_seconds"}
-    assert row["working_memory_mb"] >= 0 and all(positive(row[k]) for k in ("peak_memory_mb", "adamw_seconds", "adamw_fused_seconds"))
+    assert 0 < row["working_memory_mb"] < row["peak_memory_mb"], row
+    assert all(positive(row[k]) for k in ("adamw_seconds", "adamw_fused_seconds"))
 
 
 def test_a_memory_subprocess_does_not_inherit_its_parents_high_water_mark() -> None:
