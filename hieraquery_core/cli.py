@@ -34,7 +34,9 @@ def provenance(folder: Path) -> str:
         geneval = info["eval"]["geneval"]["overall"]
         edits = info["eval"].get("edit_accuracy", {}).get("overall")
         settings = info["eval"].get("settings", {})  # the demo may be sampled otherwise (BUNDLED_DEMO_SAMPLING)
-        drawn = f" at guidance {settings['guidance']:g}, refine strength {settings['refine_strength']:g}" if "refine_strength" in settings else ""
+        candidates = settings.get("candidates", 1)  # reports from before the self-check painted one
+        cascades = "one cascade per prompt" if candidates == 1 else f"the self-check's best of {candidates} cascades"
+        drawn = f" at guidance {settings['guidance']:g}, refine strength {settings['refine_strength']:g}, {cascades}" if "refine_strength" in settings else ""
         edited = f" at edit refine strength {settings['edit_refine_strength']:g}" if "edit_refine_strength" in settings else ""
         return f"; held-out GenEval overall {geneval:.3f}{drawn}" + (f", edit accuracy {edits:.3f}{edited}" if edits is not None else "")
     return f"; {info['note']}" if "note" in info else ""
@@ -82,11 +84,13 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
 
 
 def progress(pipeline: HieraQueryPipeline, options: SamplingOptions, desc: str):
-    """A tqdm bar over every denoising step of every scale (a refined scale runs fewer), and the step callback that feeds it."""
-    bar = tqdm(total=sum(options.steps_plan(len(pipeline.model.config.scales))), desc=desc, unit="step")
+    """A tqdm bar over every denoising step of every scale (a refined scale runs fewer) and the self-check's passes,
+    and the step callback that feeds it."""
+    num_scales = len(pipeline.model.config.scales)
+    bar = tqdm(total=sum(options.steps_plan(num_scales)), desc=desc, unit="step")
 
     def callback(k: int, step: int, steps: int, _latents: torch.Tensor) -> None:
-        bar.set_postfix(scale=k)
+        bar.set_postfix_str("self-check" if k == num_scales else f"scale={k}")
         bar.update(1)
 
     return bar, callback

@@ -25,6 +25,7 @@ Choices the paper leaves open, written down here:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -36,10 +37,11 @@ from .connector import ScaleCondition
 from .errors import require
 from .images import as_pixels, resize, to_signed, to_unsigned
 from .model import HieraQuery
-from .self_check import best_candidates, prompt_fit
+from .self_check import FIT_PASSES, best_candidates, prompt_fit
 
 StepCallback = Callable[[int, int, int, torch.Tensor], None]
-"""callback(scale_index, step, total_steps, latents), called after every step; may raise to interrupt."""
+"""callback(scale_index, step, total_steps, latents), called after every step; may raise to interrupt. With several
+candidates the self-check's DiT passes follow as one more scale index (``num_scales``), with the final latents."""
 
 
 @dataclass
@@ -108,8 +110,10 @@ class SamplingOptions:
         return steps if k == 0 or self.mode != "cascade" else refined_steps(steps, self.refine_strength)
 
     def steps_plan(self, num_scales: int) -> list[int]:
-        """:meth:`steps_run` of every scale, coarse to fine (what a progress bar over a whole cascade counts)."""
-        return [self.steps_run(k, num_scales) for k in range(num_scales)]
+        """:meth:`steps_run` of every scale, coarse to fine, then the self-check's passes when there are several
+        candidates: what a progress bar over a whole :meth:`HieraQueryPipeline.sample` counts."""
+        check = [FIT_PASSES] if self.candidates > 1 else []
+        return [self.steps_run(k, num_scales) for k in range(num_scales)] + check
 
 
 def refined_steps(steps: int, strength: float) -> int:
@@ -291,7 +295,8 @@ class HieraQueryPipeline:
                 )
             )
         if options.candidates > 1:
-            fit = prompt_fit(self.model, encoded, out.images, per_prompt, seed)
+            check = None if callback is None else functools.partial(callback, len(sizes))
+            fit = prompt_fit(self.model, encoded, out.images, per_prompt, seed, callback=check)
             keep = best_candidates(fit, options.candidates).cpu()
             out.images = [images[keep] for images in out.images]
         return out

@@ -20,7 +20,7 @@ scale. The rule, its noise levels and draws were chosen on training-split prompt
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -39,17 +39,23 @@ FIT_SIGMAS = (0.2, 0.4, 0.6, 0.8)
 """The noise levels of :func:`prompt_fit` (1 is pure noise)."""
 FIT_DRAWS = 2
 """Noise draws per level."""
+FIT_PASSES = len(FIT_SIGMAS) * FIT_DRAWS
+"""DiT passes of :func:`prompt_fit` (each runs both branches as one batch): what a progress bar counts for it."""
+
+PassCallback = Callable[[int, int, torch.Tensor], None]
+"""callback(pass, total_passes, latents of the final images), called after every pass; may raise to interrupt."""
 
 
 @torch.no_grad()
 def prompt_fit(model: HieraQuery, encoded: EncodedPrompt, images: Sequence[torch.Tensor], repeats: int, seed: int,
-               sigmas: Sequence[float] = FIT_SIGMAS, draws: int = FIT_DRAWS) -> torch.Tensor:
+               sigmas: Sequence[float] = FIT_SIGMAS, draws: int = FIT_DRAWS, callback: PassCallback | None = None) -> torch.Tensor:
     """How much better the DiT denoises each final image with its prompt than with the reference branch (the module's
     ``fit``: 0 when the prompt does not help, higher fits better), [B * repeats].
 
     ``images``: every scale's images [B * repeats, 3, h, w] in [0, 1], coarse to fine, as :meth:`HieraQueryPipeline.sample`
     paints them for ``encoded`` (B prompts) with ``repeats`` images per prompt; a DiT that reads the previous scale
-    reads the one before the last. ``seed`` fixes the noise.
+    reads the one before the last. ``seed`` fixes the noise. ``callback`` follows the ``len(sigmas) * draws`` passes
+    (progress, and a Cancel between passes).
     """
     reference = encoded.image_only if encoded.image_only is not None else encoded.uncond
     require(reference is not None, "the self-check compares the prompt with the empty prompt, which was not encoded; encode with guidance "
@@ -67,15 +73,18 @@ def prompt_fit(model: HieraQuery, encoded: EncodedPrompt, images: Sequence[torch
     conditions = ScaleCondition.cat([reference[-1].repeat(repeats), encoded.cond[-1].repeat(repeats)])
     fit = torch.zeros(batch, device=model.device)
     generator = torch.Generator("cpu").manual_seed(int(seed) % 2**64)
-    for sigma in sigmas:
+    passes = len(sigmas) * draws
+    for i, sigma in enumerate(sigmas):
         level = torch.full((batch,), float(sigma), device=model.device)
-        for _ in range(draws):
+        for j in range(draws):
             noise = randn_tensor(x0.shape, generator=generator, device=model.device, dtype=x0.dtype)
             noisy = noisy_latents(x0, noise, level)
             velocity = model.dit(noisy.repeat(2, 1, 1, 1), level.repeat(2), conditions, extra).float()
             error = ((velocity - (noise - x0).repeat(2, 1, 1, 1)) ** 2).flatten(1).mean(1)
             fit += (error[:batch] / error[batch:]).log()
-    return fit / (len(sigmas) * draws)
+            if callback is not None:
+                callback(i * draws + j + 1, passes, x0)
+    return fit / passes
 
 
 def best_candidates(fit: torch.Tensor, candidates: int) -> torch.Tensor:

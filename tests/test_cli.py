@@ -53,7 +53,11 @@ def test_provenance_reports_a_published_checkpoints_scores_or_note(tmp_path):
     assert provenance(tmp_path) == "; held-out GenEval overall 0.500, edit accuracy 0.250"
     (tmp_path / "stage.json").write_text(json.dumps({"eval": {"settings": {"guidance": 3.0, "refine_strength": 0.2, "edit_refine_strength": 1.0},
                                                                "geneval": {"overall": 0.5}, "edit_accuracy": {"overall": 0.25}}}))
-    assert provenance(tmp_path) == "; held-out GenEval overall 0.500 at guidance 3, refine strength 0.2, edit accuracy 0.250 at edit refine strength 1"
+    assert provenance(tmp_path) == ("; held-out GenEval overall 0.500 at guidance 3, refine strength 0.2, one cascade per prompt, "
+                                    "edit accuracy 0.250 at edit refine strength 1")
+    (tmp_path / "stage.json").write_text(json.dumps({"eval": {"settings": {"guidance": 4.0, "refine_strength": 0.4, "candidates": 8},
+                                                               "geneval": {"overall": 0.9}}}))
+    assert provenance(tmp_path) == "; held-out GenEval overall 0.900 at guidance 4, refine strength 0.4, the self-check's best of 8 cascades"
 
 
 def test_demo_runs_with_the_demo_checkpoints_tuned_sampling(tmp_path, capsys):
@@ -68,4 +72,5 @@ def test_demo_runs_with_the_demo_checkpoints_tuned_sampling(tmp_path, capsys):
     assert len(list((tmp_path / "out").glob("demo_generate_s*.png"))) == len(list((tmp_path / "out").glob("demo_edit_s*.png"))) == 3
     captured = capsys.readouterr()
     assert "description of the edited image" in captured.out and "each image is the best of 8 cascades" in captured.out
-    assert "9/9" in captured.err and "13/13" in captured.err  # text-to-image refines at 0.4 (5 + 2 + 2 steps), the edit at 0.7 (5 + 4 + 4)
+    # text-to-image refines at 0.4 (5 + 2 + 2 steps) then runs the self-check's 8 passes; the edit refines at 0.7 (5 + 4 + 4)
+    assert "17/17" in captured.err and "self-check" in captured.err and "13/13" in captured.err

@@ -45,6 +45,25 @@ def test_generate_progress_counts_every_step_of_every_scale(loaded):
     jobs.generate(loaded, "a red circle", seed=0, steps=4, guidance=4.0, refine_strength=0.5, progress=refined.append)
     # scales 1 and 2 start half-way from the previous scale: 4 + 2 + 2 steps, planned as such from the first step
     assert [e.value for e in refined] == list(range(1, 9)) and {e.total for e in refined} == {8}
+    checked = []
+    jobs.generate(loaded, "a red circle", seed=0, candidates=3, progress=checked.append, **FAST)
+    # then the self-check's 8 passes (4 noise levels x 2 draws), previewing the first candidate's final image
+    assert [(e.value, e.total, e.scale) for e in checked[6:]] == [(6 + i, 14, 3) for i in range(1, 9)]
+    assert {e.total for e in checked} == {14} and tuple(checked[-1].preview().shape) == (1, 3, 32, 32)
+
+
+def test_cancel_stops_the_self_check_between_its_passes(loaded):
+    """A Cancel (the sink raises) during the self-check stops it at once, as during the denoising steps."""
+    seen = []
+
+    def cancel_in_the_check(event):
+        seen.append(event.value)
+        if event.scale == 3:
+            raise InterruptedError("cancelled")
+
+    with pytest.raises(InterruptedError):
+        jobs.generate(loaded, "a red circle", seed=0, candidates=2, progress=cancel_in_the_check, **FAST)
+    assert seen == list(range(1, 8))
 
 
 def test_edit_keeps_size_and_batch_and_chains(loaded):

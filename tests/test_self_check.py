@@ -6,7 +6,7 @@ import torch
 from hieraquery_core.checkpoint import bundled_demo, load_checkpoint
 from hieraquery_core.errors import HieraQueryError
 from hieraquery_core.pipeline import EncodedPrompt, HieraQueryPipeline, SamplingOptions
-from hieraquery_core.self_check import best_candidates, prompt_fit
+from hieraquery_core.self_check import FIT_PASSES, best_candidates, prompt_fit
 from hieraquery_core.shapesworld import heldout_pairs, render
 from train.shapesworld_data import to_pixels
 
@@ -41,6 +41,23 @@ def test_fit_is_zero_when_the_prompt_is_the_reference_and_the_candidates_are_gro
     assert torch.equal(prompt_fit(pipe.model, same, images, repeats=3, seed=0), torch.zeros(3))
     assert best_candidates(torch.tensor([0.1, 0.3, 0.2, 0.5, 0.4, 0.0]), 3).tolist() == [1, 3]
     assert best_candidates(torch.tensor([0.2, 0.2]), 2).tolist() == [0]
+
+
+def test_the_fit_reports_each_pass_and_a_raising_callback_stops_it(pipe):
+    encoded = pipe.encode("a red circle")
+    images = pipe.sample(encoded, seed=0, options=SamplingOptions(steps=2, images_per_prompt=2)).images
+    calls = []
+    fit = prompt_fit(pipe.model, encoded, images, repeats=2, seed=0, callback=lambda i, n, x0: calls.append((i, n, tuple(x0.shape))))
+    assert calls == [(i, FIT_PASSES, (2, 3, 32, 32)) for i in range(1, FIT_PASSES + 1)]
+    assert torch.equal(fit, prompt_fit(pipe.model, encoded, images, repeats=2, seed=0))
+
+    def stop(i, n, x0):
+        raise InterruptedError(i)
+
+    with pytest.raises(InterruptedError, match="1"):
+        prompt_fit(pipe.model, encoded, images, repeats=2, seed=0, callback=stop)
+    assert SamplingOptions(steps=[3, 2, 2], candidates=4).steps_plan(3) == [3, 2, 2, FIT_PASSES]
+    assert SamplingOptions(steps=2).steps_plan(3) == [2, 2, 2]
 
 
 def test_without_guidance_generate_still_encodes_the_empty_prompt_the_self_check_needs(pipe):
