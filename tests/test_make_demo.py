@@ -177,16 +177,18 @@ def test_seed_check_follows_the_edit_chain_and_scores_each_step(monkeypatch):
             return SimpleNamespace(final=torch.from_numpy(sw.render(self.scene)).permute(2, 0, 1)[None].float() / 255)
 
         def generate(self, prompt, seed, options):
+            assert options.candidates == 3
             self.scene = sw.scene_for_prompt(prompt, np.random.default_rng(seed))
             return self.pixels()
 
         def edit(self, pixels, instruction, seed, options):
+            assert options.candidates == 2  # each step sampled as the settings say, the self-check included
             if seed % 2 == 0:
                 self.scene = sw.apply_instruction(self.scene, instruction, np.random.default_rng(seed))
             return self.pixels()
 
     monkeypatch.setattr(publish_demo, "HieraQueryPipeline", Painter)
-    report = publish_demo.seed_check(None, EvalSettings(), range(4))
+    report = publish_demo.seed_check(None, EvalSettings(candidates=3, edit_candidates=2), range(4))
     assert report["passed"] == {BUNDLED_DEMO_PROMPT: [0, 1, 2, 3], **{edit: [0, 2] for edit in BUNDLED_DEMO_EDITS}} and report["all_passed"] == [0, 2]
 
 

@@ -60,11 +60,11 @@ SEEDS = 12
 def seed_check(model: HieraQuery, settings: EvalSettings, seeds: Sequence[int]) -> dict:
     """For each seed, as the edit-chain workflow runs: ``BUNDLED_DEMO_PROMPT`` painted with the text-to-image
     sampling of ``settings``, then each of ``BUNDLED_DEMO_EDITS`` applied to the previous result with its edit
-    sampling. Scored by the evaluator: the prompt by :func:`score_prompt`, each edit by :func:`edit_correct` (an
-    instruction that does not apply to its input, e.g. its object is missing, fails). Returns the seeds that pass
-    each step and those that pass all of them."""
+    sampling (the self-check's pick of ``edit_candidates``). Scored by the evaluator: the prompt by
+    :func:`score_prompt`, each edit by :func:`edit_correct` (an instruction that does not apply to its input, e.g. its
+    object is missing, fails). Returns the seeds that pass each step and those that pass all of them."""
     pipe = HieraQueryPipeline(model)
-    paint, edit = settings.paint_options(), settings.edit_options(candidates=1)
+    paint, edit = settings.paint_options(), settings.edit_options(settings.edit_candidates)
     passed: dict[str, list[int]] = {text: [] for text in (BUNDLED_DEMO_PROMPT, *BUNDLED_DEMO_EDITS)}
     for seed in seeds:
         pixels = pipe.generate(BUNDLED_DEMO_PROMPT, seed=seed, options=paint).final
