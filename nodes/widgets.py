@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..hieraquery_core.self_check import FIT_PASSES
+
 CATEGORY = "HieraQuery"
 STAGES_CATEGORY = "HieraQuery/stages"
 
@@ -61,8 +63,8 @@ def batch_size_input() -> io.Input:
 def candidates_input() -> io.Input:
     return io.Int.Input("candidates", default=1, min=1, max=64, optional=True,
                         tooltip="Cascades painted per image; the one the model's own diffusion transformer finds fits the prompt best is kept "
-                                "(self-check). 1 is the paper's single sample. Each candidate costs a cascade plus 16 passes of the "
-                                "transformer at the final scale, as one batch (memory grows with the number).")
+                                f"(self-check). 1 is the paper's single sample. Each candidate costs a cascade plus {2 * FIT_PASSES} passes of the "
+                                "transformer at the final scale (with and without the prompt), as one batch (memory grows with the number).")
 
 
 def image_input(tooltip: str, optional: bool = False) -> io.Input:

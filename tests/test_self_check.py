@@ -10,9 +10,6 @@ from hieraquery_core.self_check import FIT_PASSES, best_candidates, prompt_fit
 from hieraquery_core.shapesworld import heldout_pairs, render
 from train.shapesworld_data import to_pixels
 
-FAST = SamplingOptions(steps=2)
-
-
 @pytest.fixture(scope="module")
 def pipe(tiny_model):
     return HieraQueryPipeline(tiny_model)
